@@ -22,6 +22,7 @@ from .errors import (
     ServerError,
     TotalConflictError,
 )
+from .gateway import GatewayClient, GatewayEndpoints
 from .models import (
     JAKARTA,
     Balance,
@@ -36,6 +37,7 @@ from .models import (
     WithdrawalPage,
     WithdrawalStatus,
 )
+from .mutations import MutationClient
 
 __all__ = [
     "JAKARTA",
@@ -48,6 +50,8 @@ __all__ = [
     "BadRequestError",
     "Balance",
     "CancelResult",
+    "GatewayClient",
+    "GatewayEndpoints",
     "Invoice",
     "InvoiceCancelledError",
     "InvoiceExpiredError",
@@ -55,6 +59,7 @@ __all__ = [
     "InvoiceStatus",
     "Mutation",
     "MutationBatch",
+    "MutationClient",
     "MutationType",
     "NotFoundError",
     "OutcomeUnknownError",

@@ -187,7 +187,7 @@ def mutation_from_row(row: object) -> Mutation:
         issuer_reff=_text(row.get("issuer_reff"), "issuer_reff").strip(),
         buyer_reff=_text(row.get("buyer_reff"), "buyer_reff"),
         balance=balance,
-        raw_type=raw_type if isinstance(raw_type, str) else None if raw_type is None else repr(raw_type),
+        raw_type=raw_type if isinstance(raw_type, str) or raw_type is None else repr(raw_type),
     )
 
 
@@ -249,4 +249,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"field {exc.args[0]!r} is missing"
     return str(exc) or type(exc).__name__
-

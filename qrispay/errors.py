@@ -53,7 +53,8 @@ class APIError(QrispayError):
         return f"{self.message} ({where})" if where else self.message
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, method={self.method!r}, path={self.path!r})"
+        name = type(self).__name__
+        return f"{name}({self.message!r}, method={self.method!r}, path={self.path!r})"
 
     def __reduce__(self) -> Any:
         # Keyword-only constructors do not survive the default pickling.

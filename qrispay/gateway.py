@@ -1,0 +1,341 @@
+"""The async client of the payment gateway: balance, deposit invoices, DANA withdrawals."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+from . import _http
+from ._convert import structure
+from .errors import OutcomeUnknownError, ResponseDecodeError
+from .models import (
+    Balance,
+    CancelResult,
+    Invoice,
+    InvoiceStatus,
+    Withdrawal,
+    WithdrawalPage,
+    WithdrawalStatus,
+)
+
+__all__ = ["GatewayClient", "GatewayEndpoints"]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class GatewayEndpoints:
+    """The gateway's paths. Only cancel is documented; override any of them."""
+
+    balance: str = "/api/v1/balance"
+    create_invoice: str = "/api/v1/invoice/create"
+    invoice_status: str = "/api/v1/invoice/status"
+    cancel_invoice: str = "/api/v1/invoice/cancel"
+    create_withdrawal: str = "/api/v1/withdraw"
+    withdrawal_status: str = "/api/v1/withdraw/status"
+    withdrawal_history: str = "/api/v1/withdraw/history"
+
+
+class _BadArgument(TypeError, ValueError):
+    """A wrong type: both a TypeError (Python's convention) and a ValueError
+    (what API.md promises for client-side validation)."""
+
+
+def _check_amount(amount: object) -> int:
+    if type(amount) is not int:
+        raise _BadArgument(f"amount must be an int of rupiah, not {type(amount).__name__}")
+    if amount <= 0:
+        raise ValueError(f"amount must be positive, not {amount}")
+    return amount
+
+
+def _check_id(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise _BadArgument(f"{name} must be a str, not {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+_DANA_NUMBER = re.compile(r"(?:08|628)[0-9]{7,13}", re.ASCII)
+
+
+def _check_account_number(value: object) -> str:
+    if not isinstance(value, str):
+        raise _BadArgument(f"account_number must be a str, not {type(value).__name__}")
+    if not (10 <= len(value) <= 15 and _DANA_NUMBER.fullmatch(value)):
+        raise ValueError(
+            "account_number must be a DANA phone number: digits only, 10 to 15 long, "
+            "starting 08 or 628"
+        )
+    return value
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if type(value) is not int:
+        raise _BadArgument(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+def _unwrap(body: Any) -> Any:
+    # Some deployments wrap the object in "data"; the documented form is flat.
+    if (
+        isinstance(body, dict)
+        and isinstance(body.get("data"), dict)
+        and not body.keys() & {"invoice_id", "withdraw_id", "balance"}
+    ):
+        return body["data"]
+    return body
+
+
+class GatewayClient:
+    """Async client of the payment gateway.
+
+    ::
+
+        async with GatewayClient(api_key, base_url="https://gateway.example") as gw:
+            invoice = await gw.create_invoice(10_000)
+            print(invoice.total, invoice.qris_image)
+
+    Reads are retried on connect errors, timeouts, 408, 429 and 5xx. Calls
+    that create something (``create_invoice``, ``cancel_invoice``,
+    ``create_withdrawal``) are never sent twice once they may have reached the
+    server: an ambiguous failure raises ``OutcomeUnknownError``.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str,
+        endpoints: GatewayEndpoints = GatewayEndpoints(),
+        timeout: float | _http.Timeout = _http.DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        http_client: _http.AsyncClient | None = None,
+        transport: _http.Transport | None = None,
+        deadline: float | None = None,
+    ):
+        if not isinstance(api_key, str) or not api_key:
+            raise ValueError("api_key must be a non-empty str")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        self.endpoints = endpoints
+        self._core = _http.HTTPCore(
+            base_url=base_url,
+            secrets={"apikey": api_key},
+            timeout=timeout,
+            max_retries=max_retries,
+            deadline=deadline,
+            http_client=http_client,
+            transport=transport,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    def __repr__(self) -> str:
+        return f"GatewayClient(base_url={self.base_url!r}, api_key='***')"
+
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client this object made (never one passed in)."""
+        await self._core.aclose()
+
+    # -- reads -----------------------------------------------------------
+
+    async def get_balance(self) -> Balance:
+        """The account's active balance."""
+        body = await self._read("get_balance", self.endpoints.balance)
+        return self._model(body, Balance, "get_balance", self.endpoints.balance, "GET")
+
+    async def get_invoice(self, invoice_id: str) -> Invoice:
+        """An invoice's current state (``pending``, ``paid``, ``expired``)."""
+        _check_id(invoice_id, "invoice_id")
+        path = self.endpoints.invoice_status
+        body = _unwrap(await self._read("get_invoice", path, {"invoice_id": invoice_id}))
+        if isinstance(body, dict):
+            body = {"invoice_id": invoice_id, "created_at": None, **body}
+        return self._model(body, Invoice, "get_invoice", path, "GET")
+
+    async def get_withdrawal(self, withdraw_id: str) -> Withdrawal:
+        """A withdrawal's real-time status."""
+        _check_id(withdraw_id, "withdraw_id")
+        path = self.endpoints.withdrawal_status
+        body = _unwrap(await self._read("get_withdrawal", path, {"withdraw_id": withdraw_id}))
+        if isinstance(body, dict):
+            body = {"withdraw_id": withdraw_id, **body}
+        return self._model(body, Withdrawal, "get_withdrawal", path, "GET")
+
+    async def list_withdrawals(
+        self,
+        *,
+        page: int = 1,
+        limit: int = 10,
+        status: WithdrawalStatus | str | None = None,
+    ) -> WithdrawalPage:
+        """One page of the withdrawal history, newest first, optionally by status."""
+        _check_positive_int(page, "page")
+        _check_positive_int(limit, "limit")
+        params: dict[str, Any] = {"page": page, "limit": limit}
+        if status is not None:
+            params["status"] = status.value if isinstance(status, WithdrawalStatus) else status
+        path = self.endpoints.withdrawal_history
+        body = await self._read("list_withdrawals", path, params)
+        data = body.get("data") if isinstance(body, dict) else None
+        pagination = body.get("pagination") if isinstance(body, dict) else None
+        if not isinstance(data, list) or not isinstance(pagination, dict):
+            raise self._decode_error("no data list and pagination object", body, path, "GET")
+        items = tuple(
+            self._model(item, Withdrawal, "list_withdrawals", path, "GET") for item in data
+        )
+        info = self._model(pagination, _PageInfo, "list_withdrawals", path, "GET")
+        return WithdrawalPage(items, info.page, info.limit, info.total, info.total_pages)
+
+    async def iter_withdrawals(
+        self,
+        *,
+        status: WithdrawalStatus | str | None = None,
+        limit: int = 50,
+    ) -> AsyncIterator[Withdrawal]:
+        """Every withdrawal, walking the pages to ``total_pages``.
+
+        A withdrawal that moves to a later page while walking (a new one was
+        made) is yielded once.
+        """
+        seen: set[str] = set()
+        page = 1
+        while True:
+            result = await self.list_withdrawals(page=page, limit=limit, status=status)
+            for item in result.items:
+                if item.withdraw_id not in seen:
+                    seen.add(item.withdraw_id)
+                    yield item
+            if not result.items or page >= result.total_pages:
+                return
+            page += 1
+
+    # -- calls that create or change something ---------------------------
+
+    async def create_invoice(self, amount: int) -> Invoice:
+        """A new deposit invoice with its QRIS image. Never sent twice."""
+        _check_amount(amount)
+        path = self.endpoints.create_invoice
+        asked = {"amount": amount}
+        body = await self._core.request(
+            "GET", path, operation="create_invoice", params=asked, creates=True, op_params=asked
+        )
+        body = _unwrap(body)
+        if isinstance(body, dict):
+            body = {"status": InvoiceStatus.PENDING.value, "created_at": None, **body}
+        return self._created(body, Invoice, "create_invoice", path, "GET", asked)
+
+    async def cancel_invoice(self, invoice_id: str) -> CancelResult:
+        """Cancel a pending invoice (it becomes ``expired``).
+
+        A paid invoice raises ``InvoiceNotCancellableError`` with its status.
+        """
+        _check_id(invoice_id, "invoice_id")
+        path = self.endpoints.cancel_invoice
+        asked = {"invoice_id": invoice_id}
+        body = await self._core.request(
+            "POST", path, operation="cancel_invoice", params=asked, creates=True, op_params=asked
+        )
+        body = _unwrap(body)
+        if isinstance(body, dict):
+            body = {"invoice_id": invoice_id, "status": "expired", "message": "", **body}
+        return self._created(body, CancelResult, "cancel_invoice", path, "POST", asked)
+
+    async def create_withdrawal(
+        self, amount: int, account_number: str, account_name: str
+    ) -> Withdrawal:
+        """Ask for a DANA withdrawal (status ``pending`` until an admin decides).
+
+        Never sent twice: on ``OutcomeUnknownError``, look in
+        ``iter_withdrawals()`` before asking again.
+        """
+        _check_amount(amount)
+        _check_account_number(account_number)
+        if not isinstance(account_name, str):
+            raise _BadArgument(f"account_name must be a str, not {type(account_name).__name__}")
+        if not account_name.strip():
+            raise ValueError("account_name must not be empty")
+        path = self.endpoints.create_withdrawal
+        asked = {"amount": amount, "account_number": account_number, "account_name": account_name}
+        body = await self._core.request(
+            "POST",
+            path,
+            operation="create_withdrawal",
+            json_body={
+                "amount": amount,
+                "accountNumber": account_number,
+                "accountName": account_name,
+            },
+            creates=True,
+            op_params=asked,
+        )
+        return self._created(_unwrap(body), Withdrawal, "create_withdrawal", path, "POST", asked)
+
+    # -- plumbing ----------------------------------------------------------
+
+    async def _read(
+        self, operation: str, path: str, params: Mapping[str, Any] | None = None
+    ) -> Any:
+        return await self._core.request("GET", path, operation=operation, params=params)
+
+    def _model(self, body: Any, cls: type[T], operation: str, path: str, method: str) -> T:
+        if not isinstance(body, Mapping):
+            raise self._decode_error("the answer is not a JSON object", body, path, method)
+        try:
+            return structure(body, cls)
+        except ValueError as exc:
+            raise self._decode_error(f"{cls.__name__}: {exc}", body, path, method) from None
+
+    def _created(
+        self,
+        body: Any,
+        cls: type[T],
+        operation: str,
+        path: str,
+        method: str,
+        asked: dict[str, Any],
+    ) -> T:
+        try:
+            return self._model(body, cls, operation, path, method)
+        except ResponseDecodeError as exc:
+            # The server accepted the request; what it made is just unreadable.
+            raise OutcomeUnknownError(
+                f"{operation}: the answer could not be read ({exc.message}); the request "
+                "may have succeeded and was not sent again; look the outcome up first",
+                operation=operation,
+                params=asked,
+                method=method,
+                path=path,
+            ) from exc
+
+    def _decode_error(self, why: str, body: Any, path: str, method: str) -> ResponseDecodeError:
+        excerpt = self._core.redactor.scrub(repr(body))[: _http.EXCERPT_CHARS]
+        return ResponseDecodeError(
+            self._core.redactor.scrub(f"unexpected answer: {why}"),
+            excerpt=excerpt,
+            method=method,
+            path=path,
+        )
+
+
+@attrs.frozen
+class _PageInfo:
+    page: int
+    limit: int
+    total: int
+    total_pages: int

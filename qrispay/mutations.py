@@ -1,0 +1,163 @@
+"""The async client of the check-payment mutation feed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from . import _http
+from ._convert import mutation_from_row
+from .errors import ResponseDecodeError
+from .models import Mutation, MutationBatch, RejectedRow
+
+__all__ = ["DEFAULT_FEED_URL", "MutationClient"]
+
+DEFAULT_FEED_URL = "https://mutasiv1.autsc.my.id"
+
+_TEXT_FIELDS = ("qris", "brand_name", "issuer_reff", "buyer_reff")
+
+
+class MutationClient:
+    """Async client of the check-payment feed (the merchant's recent mutations).
+
+    ::
+
+        async with MutationClient(auth, merchant, token) as feed:
+            batch = await feed.fetch()
+            for row in batch:            # newest first
+                print(row.date, row.amount, row.type, row.issuer_reff)
+            for bad in batch.rejected:   # rows that could not be read
+                print(bad.reason, bad.raw)
+
+    The server caches each answer for 30 seconds and counts every request
+    against a quota: asking more often returns the same rows and spends
+    quota. The ``Reconciler`` keeps to that schedule for you.
+    """
+
+    def __init__(
+        self,
+        auth: str,
+        merchant: str,
+        token: str,
+        *,
+        base_url: str = DEFAULT_FEED_URL,
+        path: str = "/check-payment",
+        timeout: float | _http.Timeout = _http.DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        http_client: _http.AsyncClient | None = None,
+        transport: _http.Transport | None = None,
+        deadline: float | None = None,
+    ):
+        for name, value in (("auth", auth), ("merchant", merchant), ("token", token)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty str")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        if not path.startswith("/"):
+            raise ValueError("path must start with '/'")
+        self.merchant = merchant
+        self.path = path
+        self._core = _http.HTTPCore(
+            base_url=base_url,
+            secrets={"auth": auth, "token": token},
+            timeout=timeout,
+            max_retries=max_retries,
+            deadline=deadline,
+            http_client=http_client,
+            transport=transport,
+        )
+        # The rows of the last answer, by issuer_reff, with the raw row they were
+        # read from: most of each poll is rows already read, and an equal raw
+        # row gives an equal model, so it is reused instead of read again.
+        self._known: dict[str, tuple[dict[str, Any], Mutation]] = {}
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    @property
+    def max_retries(self) -> int:
+        return self._core.max_retries
+
+    def __repr__(self) -> str:
+        return (
+            f"MutationClient(merchant={self.merchant!r}, base_url={self.base_url!r}, "
+            "auth='***', token='***')"
+        )
+
+    async def __aenter__(self) -> MutationClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client this object made (never one passed in)."""
+        await self._core.aclose()
+
+    async def fetch(self, *, max_retries: int | None = None) -> MutationBatch:
+        """The feed's current answer: readable rows in server order, and rejects.
+
+        One unreadable row never costs the others: it is returned in
+        ``rejected`` with the reason. ``max_retries`` overrides the client's
+        setting for this call (the Reconciler passes 0: it owns its backoff).
+        """
+        body = await self._core.request(
+            "GET",
+            self.path,
+            operation="fetch",
+            params={"merchant": self.merchant},
+            max_retries=max_retries,
+        )
+        if not isinstance(body, dict):
+            raise self._shape_error("the answer is not a JSON object", body)
+        data = body.get("data")
+        if data is None:
+            return MutationBatch()
+        if not isinstance(data, list):
+            raise self._shape_error("data is not a list", body)
+        return self._read_rows(data)
+
+    def _read_rows(self, data: list[Any]) -> MutationBatch:
+        known = self._known
+        fresh: dict[str, tuple[dict[str, Any], Mutation]] = {}
+        rows: list[Mutation] = []
+        rejected: list[RejectedRow] = []
+        for raw in data:
+            ref = raw.get("issuer_reff") if type(raw) is dict else None
+            if type(ref) is str and ref:
+                hit = known.get(ref)
+                if hit is not None and hit[0] == raw:
+                    fresh[ref] = hit
+                    rows.append(hit[1])
+                    continue
+            try:
+                row = self._scrubbed(mutation_from_row(raw))
+            except ValueError as exc:
+                redactor = self._core.redactor
+                rejected.append(RejectedRow(redactor.scrub_obj(raw), redactor.scrub(str(exc))))
+                continue
+            if type(ref) is str and ref:
+                fresh[ref] = (raw, row)
+            rows.append(row)
+        self._known = fresh
+        return MutationBatch(tuple(rows), tuple(rejected))
+
+    def _scrubbed(self, row: Mutation) -> Mutation:
+        redactor = self._core.redactor
+        changes: dict[str, Any] = {
+            name: redactor.scrub(value)
+            for name in _TEXT_FIELDS
+            if redactor.contains_secret(value := getattr(row, name))
+        }
+        return attrs.evolve(row, **changes) if changes else row
+
+    def _shape_error(self, why: str, body: Any) -> ResponseDecodeError:
+        redactor = self._core.redactor
+        return ResponseDecodeError(
+            f"unexpected feed answer: {why}",
+            excerpt=redactor.scrub(repr(body))[: _http.EXCERPT_CHARS],
+            method="GET",
+            path=self.path,
+        )
