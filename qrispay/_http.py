@@ -61,8 +61,14 @@ _SECRET_QUERY = re.compile(r"(?i)\b(apikey|auth|token)(=|%3D)[^&\s\"'#<>]*")
 _live_secrets: dict[str, int] = {}
 
 
+_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+
+
 def _variants(secret: str) -> set[str]:
-    return {v for v in (secret, quote(secret, safe=""), quote_plus(secret), quote(secret)) if v}
+    encoded = {quote(secret, safe=""), quote_plus(secret), quote(secret)}
+    # A server echoing the URL back may lower-case the escapes.
+    encoded |= {_ESCAPE.sub(lambda m: m.group().lower(), v) for v in encoded}
+    return {v for v in (secret, *encoded) if v}
 
 
 class Redactor:
