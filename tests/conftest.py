@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from qrispay import _http
@@ -17,7 +15,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record the HTTP core's backoff sleeps instead of waiting them out."""
     recorded: list[float] = []
 
@@ -25,4 +23,4 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
         recorded.append(seconds)
 
     monkeypatch.setattr(_http, "_sleep", fake_sleep)
-    yield recorded
+    return recorded

@@ -180,10 +180,12 @@ async def test_feed_secrets_leak_nowhere(captured: _Capture) -> None:
 
 
 async def test_errors_built_from_echoes_are_scrubbed_at_every_level() -> None:
-    async with serve(echo(503)) as base_url:  # type: ignore[arg-type]
-        async with GatewayClient(SECRET, base_url=base_url, max_retries=0) as gw:
-            with pytest.raises(OutcomeUnknownError) as caught:
-                await gw.cancel_invoice("inv1")
+    async with (
+        serve(echo(503)) as base_url,  # type: ignore[arg-type]
+        GatewayClient(SECRET, base_url=base_url, max_retries=0) as gw,
+    ):
+        with pytest.raises(OutcomeUnknownError) as caught:
+            await gw.cancel_invoice("inv1")
     cause = caught.value.__cause__
     assert isinstance(cause, APIError)
     assert "apikey=***" in str(cause)
