@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._version import __version__
+from .engine import ReconciliationEngine
 from .errors import (
     AllocationError,
     APIConnectionError,
@@ -11,6 +12,7 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    EventsOverflowError,
     InvoiceCancelledError,
     InvoiceExpiredError,
     InvoiceNotCancellableError,
@@ -21,6 +23,19 @@ from .errors import (
     ResponseDecodeError,
     ServerError,
     TotalConflictError,
+)
+from .events import (
+    AmbiguousCredit,
+    BalanceGap,
+    DuplicatePayment,
+    Event,
+    InvoiceCancelled,
+    InvoiceExpired,
+    InvoicePaid,
+    LatePayment,
+    RejectedRows,
+    UnknownRow,
+    UnmatchedCredit,
 )
 from .gateway import GatewayClient, GatewayEndpoints
 from .models import (
@@ -38,39 +53,58 @@ from .models import (
     WithdrawalStatus,
 )
 from .mutations import MutationClient
+from .polling import PollPolicy
+from .reconciler import EventSubscription, Reconciler, ReconcilerStats
 
 __all__ = [
+    "__version__",
     "JAKARTA",
+    "AllocationError",
+    "AmbiguousCredit",
     "APIConnectionError",
     "APIError",
     "APIStatusError",
     "APITimeoutError",
-    "AllocationError",
     "AuthenticationError",
     "BadRequestError",
     "Balance",
+    "BalanceGap",
     "CancelResult",
+    "DuplicatePayment",
+    "Event",
+    "EventsOverflowError",
+    "EventSubscription",
     "GatewayClient",
     "GatewayEndpoints",
     "Invoice",
+    "InvoiceCancelled",
     "InvoiceCancelledError",
+    "InvoiceExpired",
     "InvoiceExpiredError",
     "InvoiceNotCancellableError",
+    "InvoicePaid",
     "InvoiceStatus",
+    "LatePayment",
     "Mutation",
     "MutationBatch",
     "MutationClient",
     "MutationType",
     "NotFoundError",
     "OutcomeUnknownError",
+    "PollPolicy",
     "QrispayError",
     "RateLimitError",
+    "Reconciler",
+    "ReconcilerStats",
+    "ReconciliationEngine",
     "RejectedRow",
+    "RejectedRows",
     "ResponseDecodeError",
     "ServerError",
     "TotalConflictError",
+    "UnknownRow",
+    "UnmatchedCredit",
     "Withdrawal",
     "WithdrawalPage",
     "WithdrawalStatus",
-    "__version__",
 ]

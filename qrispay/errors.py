@@ -17,6 +17,7 @@ __all__ = [
     "AllocationError",
     "AuthenticationError",
     "BadRequestError",
+    "EventsOverflowError",
     "InvoiceCancelledError",
     "InvoiceExpiredError",
     "InvoiceNotCancellableError",
@@ -200,6 +201,11 @@ class TotalConflictError(QrispayError):
 
 class AllocationError(QrispayError):
     """No free unique total is left for an amount."""
+
+
+class EventsOverflowError(QrispayError):
+    """An ``events()`` subscriber fell behind its buffer. It received every event up
+    to the overflow and none after: subscribe again, and reconcile from state."""
 
 
 class _InvoiceClosedError(QrispayError):

@@ -1,0 +1,494 @@
+"""The Reconciler: the I/O loop around the engine, under asyncio or trio (anyio).
+
+It polls the feed on a schedule that respects the server's cache, feeds the
+engine, declares invoices expired only when that is safe, confirms with the
+gateway, and publishes events to waiters and subscribers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+
+from . import qris
+from .engine import ReconciliationEngine
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    EventsOverflowError,
+    InvoiceCancelledError,
+    InvoiceExpiredError,
+    NotFoundError,
+    QrispayError,
+    RateLimitError,
+    TotalConflictError,
+)
+from .events import Event, InvoiceCancelled, InvoiceExpired, InvoicePaid
+from .gateway import GatewayClient
+from .models import Invoice, InvoiceStatus
+from .mutations import MutationClient
+from .polling import PollPolicy, Schedule
+
+__all__ = ["EventSubscription", "Reconciler", "ReconcilerStats"]
+
+logger = logging.getLogger("qrispay.reconciler")
+
+#: How many invoice outcomes ``wait_for_payment`` remembers for late callers.
+OUTCOMES_KEPT = 10_000
+MAX_CREATIONS = 3
+
+# Answers that mean the configuration is wrong, not that the feed is down: at
+# start-up they are raised instead of retried forever.
+_FATAL_AT_START = (AuthenticationError, BadRequestError, NotFoundError)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@attrs.define
+class ReconcilerStats:
+    """Counters of a running Reconciler (read them; do not change them)."""
+
+    polls: int = 0
+    failures: int = 0
+    rate_limited: int = 0
+    consecutive_failures: int = 0
+    rows_seen: int = 0
+    rows_rejected: int = 0
+    events: dict[str, int] = attrs.field(factory=dict)
+    last_success: datetime | None = None
+    last_error: str | None = None
+    gateway_checks: int = 0
+
+
+class EventSubscription:
+    """Events from the moment of subscribing, in order, through a bounded buffer.
+
+    Iterate it with ``async for``. A subscriber that falls more than its buffer
+    behind gets ``EventsOverflowError`` after the events it did receive: never
+    a silent gap, and never a slower poll loop. Close it (``async with``, or
+    ``aclose()``) to unsubscribe.
+    """
+
+    def __init__(self, owner: Reconciler, buffer: int):
+        self._owner = owner
+        self._send, self._receive = anyio.create_memory_object_stream[Event](buffer)
+        self._overflowed = False
+
+    def _offer(self, event: Event) -> None:
+        if self._overflowed:
+            return
+        try:
+            self._send.send_nowait(event)
+        except anyio.WouldBlock:
+            self._overflowed = True
+            self._send.close()
+            self._owner._unsubscribe(self)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._owner._unsubscribe(self)
+
+    def __aiter__(self) -> EventSubscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            if self._overflowed:
+                raise EventsOverflowError(
+                    "this subscriber fell behind its event buffer; events after the last "
+                    "one received were not delivered to it"
+                ) from None
+            raise StopAsyncIteration from None
+        except anyio.ClosedResourceError:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._owner._unsubscribe(self)
+        self._send.close()
+        self._receive.close()
+
+    async def __aenter__(self) -> EventSubscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class _Waiter:
+    __slots__ = ("done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.outcome: Event | None = None
+
+
+class Reconciler:
+    """Background reconciliation: feed rows in, paid invoices out.
+
+    ::
+
+        async with Reconciler(feed, gateway=gateway) as rec:
+            invoice = await rec.create_invoice(10_000)
+            paid = await rec.wait_for_payment(invoice.invoice_id, timeout=900)
+
+    The feed is fetched at most once per ``policy.ttl + policy.margin``,
+    however many invoices are open. An invoice is declared expired only after
+    a successful fetch that started after ``expired_at + skew``, and, with a
+    gateway, after asking it once. Clients passed in are never closed here.
+    """
+
+    def __init__(
+        self,
+        feed: MutationClient,
+        *,
+        gateway: GatewayClient | None = None,
+        static_qris: str | None = None,
+        invoice_ttl: timedelta = timedelta(minutes=15),
+        engine: ReconciliationEngine | None = None,
+        policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen, shared safely
+        clock: Callable[[], datetime] | None = None,
+        event_buffer: int = 1000,
+    ):
+        if static_qris is not None:
+            qris.parse(static_qris)  # a bad payload fails here, not at the first invoice
+        if not isinstance(invoice_ttl, timedelta) or invoice_ttl <= timedelta(0):
+            raise ValueError("invoice_ttl must be a positive timedelta")
+        if type(event_buffer) is not int or event_buffer < 1:
+            raise ValueError("event_buffer must be a positive int")
+        self.feed = feed
+        self.gateway = gateway
+        self.static_qris = static_qris
+        self.invoice_ttl = invoice_ttl
+        self.policy = policy
+        self.stats = ReconcilerStats()
+        self._clock = clock or _utc_now
+        self._engine = engine
+        self._event_buffer = event_buffer
+        self._schedule = Schedule(policy)
+        self._subscribers: list[EventSubscription] = []
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._outcomes: OrderedDict[str, Event] = OrderedDict()
+        self._wake = anyio.Event()
+        self._running = False
+        self._task_group: Any = None
+
+    # -- the engine and the clock --------------------------------------------
+
+    @property
+    def engine(self) -> ReconciliationEngine:
+        """The engine (made on first use, started at the clock's now)."""
+        if self._engine is None:
+            self._engine = ReconciliationEngine(started_at=self._now())
+        return self._engine
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("the clock must return timezone-aware datetimes")
+        return now
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Reconciler:
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(self.run)
+        except BaseException:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+            raise
+        self._task_group = task_group
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        task_group, self._task_group = self._task_group, None
+        task_group.cancel_scope.cancel()
+        return bool(await task_group.__aexit__(*exc_info))
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the loop until cancelled. With ``task_group.start(rec.run)`` it reports
+        started after the first poll; wrong credentials or paths raise at that
+        point instead of being retried for ever."""
+        if self._running:
+            raise RuntimeError("this Reconciler is already running")
+        self._running = True
+        try:
+            self.engine  # noqa: B018 - made now, so started_at is the start of the loop
+            await self._poll(first=True)
+            task_status.started()
+            while True:
+                await self._wait_for_next_poll()
+                await self._poll()
+        finally:
+            self._running = False
+
+    async def _wait_for_next_poll(self) -> None:
+        while True:
+            busy = self.engine.has_work(now=self._now())
+            due = self._schedule.next_start(busy=busy)
+            left = due - anyio.current_time()
+            if left <= 0:
+                return
+            self._wake = anyio.Event()
+            with anyio.move_on_after(left if math.isfinite(left) else None):
+                await self._wake.wait()
+
+    def _poke(self) -> None:
+        # New work may shorten an idle wait; the schedule still decides.
+        self._wake.set()
+
+    # -- one poll ------------------------------------------------------------
+
+    async def _poll(self, *, first: bool = False) -> None:
+        self._schedule.started(anyio.current_time())
+        fetch_started = self._now()
+        self.stats.polls += 1
+        try:
+            batch = await self.feed.fetch(max_retries=0)
+        except RateLimitError as error:
+            self._schedule.rate_limited(error.retry_after)
+            self._failed(error, rate_limited=True)
+            return
+        except _FATAL_AT_START as error:
+            if first:
+                raise
+            self._schedule.failed()
+            self._failed(error)
+            return
+        except Exception as error:
+            # Whatever went wrong, the loop goes on; the schedule backs off.
+            self._schedule.failed()
+            self._failed(error)
+            return
+        self._schedule.succeeded()
+        now = self._now()
+        self.stats.consecutive_failures = 0
+        self.stats.last_success = now
+        self.stats.last_error = None
+        self.stats.rows_seen += len(batch)
+        self.stats.rows_rejected += len(batch.rejected)
+        self._publish(self.engine.ingest(batch, now=now))
+        await self._expire_due(fetch_started)
+
+    def _failed(self, error: BaseException, *, rate_limited: bool = False) -> None:
+        self.stats.failures += 1
+        self.stats.consecutive_failures += 1
+        if rate_limited:
+            self.stats.rate_limited += 1
+        self.stats.last_error = f"{type(error).__name__}: {error}"
+        log = logger.warning if isinstance(error, QrispayError) else logger.error
+        log(
+            "feed fetch failed (%d in a row), next try in %.1fs: %s",
+            self.stats.consecutive_failures,
+            self._schedule.backoff,
+            self.stats.last_error,
+            exc_info=not isinstance(error, QrispayError),
+        )
+
+    async def _expire_due(self, fetch_started: datetime) -> None:
+        engine = self.engine
+        cutoff = fetch_started - engine.skew
+        due = [i.invoice_id for i in engine.open_invoices() if i.expired_at < cutoff]
+        if not due:
+            return
+        if self.gateway is not None:
+            due = [invoice_id for invoice_id in due if await self._gateway_says_unpaid(invoice_id)]
+        # `now` is the fetch's start minus skew, so an invoice closes only if this
+        # fetch started after its expired_at + skew.
+        self._publish(engine.expire(now=cutoff, invoice_ids=due))
+
+    async def _gateway_says_unpaid(self, invoice_id: str) -> bool:
+        assert self.gateway is not None
+        self.stats.gateway_checks += 1
+        try:
+            invoice = await self.gateway.get_invoice(invoice_id)
+        except Exception as error:
+            # Unknown is not "unpaid": ask again after the next fetch.
+            logger.warning("could not confirm invoice %s with the gateway: %s", invoice_id, error)
+            return False
+        if invoice.status is InvoiceStatus.PAID:
+            self._publish(self.engine.mark_paid(invoice_id, now=self._now()))
+            return False
+        if invoice.status not in (InvoiceStatus.PENDING, InvoiceStatus.EXPIRED):
+            logger.warning(
+                "gateway reports invoice %s as %r; not declaring it expired",
+                invoice_id,
+                invoice.status,
+            )
+            return False
+        return True
+
+    # -- events --------------------------------------------------------------
+
+    def _publish(self, events: list[Event]) -> None:
+        for event in events:
+            kind = type(event).__name__
+            self.stats.events[kind] = self.stats.events.get(kind, 0) + 1
+            if isinstance(event, (InvoicePaid, InvoiceExpired, InvoiceCancelled)):
+                self._settle(event)
+            for subscriber in list(self._subscribers):
+                subscriber._offer(event)
+
+    def _settle(self, event: InvoicePaid | InvoiceExpired | InvoiceCancelled) -> None:
+        invoice_id = event.invoice.invoice_id
+        self._outcomes[invoice_id] = event
+        self._outcomes.move_to_end(invoice_id)
+        while len(self._outcomes) > OUTCOMES_KEPT:
+            self._outcomes.popitem(last=False)
+        for waiter in self._waiters.pop(invoice_id, ()):
+            waiter.outcome = event
+            waiter.done.set()
+
+    def events(self, *, buffer: int | None = None) -> EventSubscription:
+        """Subscribe to every event from now on (see ``EventSubscription``)."""
+        subscription = EventSubscription(self, buffer or self._event_buffer)
+        self._subscribers.append(subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: EventSubscription) -> None:
+        if subscription in self._subscribers:
+            self._subscribers.remove(subscription)
+
+    # -- invoices ------------------------------------------------------------
+
+    def track(self, invoice: Invoice) -> None:
+        """Watch an invoice made elsewhere (``TotalConflictError`` if its total is taken).
+
+        Track the invoices you already have before the first poll, so a payment
+        made while the service was down still pays them.
+        """
+        self.engine.track(invoice, now=self._now())
+        self._poke()
+
+    async def create_invoice(self, amount: int) -> Invoice:
+        """A new invoice, tracked at once.
+
+        Through the gateway when there is one: if it hands out a total that is
+        taken, a replacement is created first and the taken one is then
+        cancelled; after three creations, ``TotalConflictError``. Without a
+        gateway but with ``static_qris``: made locally, with a unique total and
+        a dynamic QRIS payload (``qris_payload``) that carries it.
+        """
+        if self.gateway is None:
+            if self.static_qris is None:
+                raise RuntimeError("create_invoice needs a gateway or a static_qris")
+            return self._create_local(amount)
+        taken: list[Invoice] = []
+        try:
+            for _ in range(MAX_CREATIONS):
+                invoice = await self.gateway.create_invoice(amount)
+                try:
+                    self.engine.track(invoice, now=self._now())
+                except TotalConflictError as conflict:
+                    logger.info(
+                        "gateway gave invoice %s the taken total %d; creating another",
+                        invoice.invoice_id,
+                        invoice.total,
+                    )
+                    taken.append(invoice)
+                    last_conflict = conflict
+                    continue
+                self._poke()
+                return invoice
+            raise TotalConflictError(
+                last_conflict.total,
+                last_conflict.invoice_id,
+                f"the gateway handed out taken totals {MAX_CREATIONS} times for amount {amount}",
+            )
+        finally:
+            # Only now, so the gateway could not hand the same total back meanwhile.
+            for invoice in taken:
+                await self._cancel_quietly(invoice)
+
+    async def _cancel_quietly(self, invoice: Invoice) -> None:
+        assert self.gateway is not None
+        try:
+            await self.gateway.cancel_invoice(invoice.invoice_id)
+        except Exception as error:
+            logger.warning(
+                "could not cancel untracked invoice %s (total %d): %s",
+                invoice.invoice_id,
+                invoice.total,
+                error,
+            )
+
+    def _create_local(self, amount: int) -> Invoice:
+        assert self.static_qris is not None
+        now = self._now()
+        total = self.engine.unique_total(amount, now=now)
+        invoice = Invoice(
+            invoice_id=uuid.uuid4().hex,
+            amount=amount,
+            fee=total - amount,
+            total=total,
+            status=InvoiceStatus.PENDING,
+            qris_image="",
+            expired_at=now + self.invoice_ttl,
+            created_at=now,
+            qris_payload=qris.to_dynamic(self.static_qris, total),
+        )
+        self.engine.track(invoice, now=now)
+        self._poke()
+        return invoice
+
+    async def cancel_invoice(self, invoice_id: str) -> list[Event]:
+        """Cancel an open invoice: at the gateway (if any), then here.
+
+        A paid invoice raises ``InvoiceNotCancellableError`` from the gateway.
+        """
+        if self.engine.state_of(invoice_id) is None:
+            raise KeyError(invoice_id)
+        if self.gateway is not None:
+            await self.gateway.cancel_invoice(invoice_id)
+        events = self.engine.cancel(invoice_id, now=self._now())
+        self._publish(events)
+        return events
+
+    async def wait_for_payment(
+        self, invoice_id: str, *, timeout: float | None = None
+    ) -> InvoicePaid:
+        """Wait until the invoice is paid and return the ``InvoicePaid`` event.
+
+        Raises ``InvoiceExpiredError`` or ``InvoiceCancelledError`` when it closes
+        unpaid, ``TimeoutError`` after ``timeout`` seconds, ``KeyError`` for an
+        invoice that is not tracked.
+        """
+        outcome = self._outcomes.get(invoice_id)
+        if outcome is None:
+            if self.engine.state_of(invoice_id) is None:
+                raise KeyError(invoice_id)
+            waiter = _Waiter()
+            self._waiters.setdefault(invoice_id, []).append(waiter)
+            try:
+                with anyio.fail_after(timeout):
+                    await waiter.done.wait()
+            finally:
+                waiters = self._waiters.get(invoice_id)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._waiters[invoice_id]
+            outcome = waiter.outcome
+        if isinstance(outcome, InvoicePaid):
+            return outcome
+        if isinstance(outcome, InvoiceCancelled):
+            raise InvoiceCancelledError(outcome.invoice)
+        if isinstance(outcome, InvoiceExpired):
+            raise InvoiceExpiredError(outcome.invoice)
+        raise AssertionError(f"unexpected outcome {outcome!r}")
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<Reconciler {state} feed={self.feed!r} gateway={self.gateway!r}>"
