@@ -76,8 +76,8 @@ class EventSubscription:
 
     Iterate it with ``async for``. A subscriber that falls more than its buffer
     behind gets ``EventsOverflowError`` after the events it did receive: never
-    a silent gap, and never a slower poll loop. Close it (``async with``, or
-    ``aclose()``) to unsubscribe.
+    a silent gap, and never a slower poll loop. Iteration ends when the
+    Reconciler stops. Close it (``async with``, or ``aclose()``) to unsubscribe.
     """
 
     def __init__(self, owner: Reconciler, buffer: int):
@@ -104,6 +104,7 @@ class EventSubscription:
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
+            self._receive.close()
             if self._overflowed:
                 raise EventsOverflowError(
                     "this subscriber fell behind its event buffer; events after the last "
@@ -112,6 +113,10 @@ class EventSubscription:
             raise StopAsyncIteration from None
         except anyio.ClosedResourceError:
             raise StopAsyncIteration from None
+
+    def _end(self) -> None:
+        # The loop stopped: the subscriber drains what it has, then iteration ends.
+        self._send.close()
 
     async def aclose(self) -> None:
         self._owner._unsubscribe(self)
@@ -233,6 +238,9 @@ class Reconciler:
                 await self._poll()
         finally:
             self._running = False
+            subscribers, self._subscribers = self._subscribers, []
+            for subscription in subscribers:
+                subscription._end()
 
     async def _wait_for_next_poll(self) -> None:
         while True:
