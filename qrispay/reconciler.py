@@ -471,12 +471,20 @@ class Reconciler:
 
         Raises ``InvoiceExpiredError`` or ``InvoiceCancelledError`` when it closes
         unpaid, ``TimeoutError`` after ``timeout`` seconds, ``KeyError`` for an
-        invoice that is not tracked.
+        invoice that is not tracked. An invoice that closed before this call
+        answers at once; one that was tracked already paid, or closed too long
+        ago for its event to be remembered, answers from the engine's record
+        (``source="record"``, no mutation; a cancellation then reads as expiry).
         """
         outcome = self._outcomes.get(invoice_id)
+        state = self.engine.state_of(invoice_id)
+        if outcome is None and state is None:
+            raise KeyError(invoice_id)
+        if outcome is None and state is not InvoiceStatus.PENDING:
+            # Closed without an event here (tracked closed), or too long ago to be
+            # remembered: the engine's record still says how it ended.
+            outcome = self._recorded_outcome(invoice_id, state)
         if outcome is None:
-            if self.engine.state_of(invoice_id) is None:
-                raise KeyError(invoice_id)
             waiter = _Waiter()
             self._waiters.setdefault(invoice_id, []).append(waiter)
             try:
@@ -496,6 +504,13 @@ class Reconciler:
         if isinstance(outcome, InvoiceExpired):
             raise InvoiceExpiredError(outcome.invoice)
         raise AssertionError(f"unexpected outcome {outcome!r}")
+
+    def _recorded_outcome(self, invoice_id: str, state: InvoiceStatus | None) -> Event:
+        invoice = self.engine.get(invoice_id)
+        assert invoice is not None
+        if state is InvoiceStatus.PAID:
+            return InvoicePaid(invoice, None, "record")
+        return InvoiceExpired(invoice)
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 import httpx
 import pytest
 
@@ -339,6 +340,20 @@ async def test_wait_for_payment_timeout_and_cancel(world: World) -> None:
 async def _expect_cancelled(rec: Reconciler, invoice_id: str) -> None:
     with pytest.raises(InvoiceCancelledError):
         await rec.wait_for_payment(invoice_id)
+
+
+async def test_wait_for_an_invoice_tracked_already_paid_answers_at_once(world: World) -> None:
+    rec = world.reconciler()
+    paid = attrs.evolve(_invoice("done", 10_009), status=InvoiceStatus.PAID)
+    expired = attrs.evolve(_invoice("gone", 10_008), status=InvoiceStatus.EXPIRED)
+    rec.track(paid)
+    rec.track(expired)
+    with anyio.fail_after(1):
+        event = await rec.wait_for_payment("done")
+        with pytest.raises(InvoiceExpiredError):
+            await rec.wait_for_payment("gone")
+    assert event.source == "record"
+    assert event.invoice.invoice_id == "done"
 
 
 async def test_many_waiters_on_one_invoice(world: World) -> None:
