@@ -1,0 +1,135 @@
+"""What the reconciliation engine reports: small frozen classes, one per fact.
+
+Every credit row of the feed that is neither history nor the silent
+confirmation of a gateway report ends in exactly one of ``InvoicePaid``,
+``AmbiguousCredit``, ``LatePayment``, ``DuplicatePayment`` or
+``UnmatchedCredit``. The other events describe invoices closing and the
+health of the feed.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import attrs
+
+from .models import Invoice, Mutation, RejectedRow
+
+__all__ = [
+    "AmbiguousCredit",
+    "BalanceGap",
+    "DuplicatePayment",
+    "Event",
+    "InvoiceCancelled",
+    "InvoiceExpired",
+    "InvoicePaid",
+    "LatePayment",
+    "RejectedRows",
+    "UnknownRow",
+    "UnmatchedCredit",
+]
+
+
+@attrs.frozen
+class InvoicePaid:
+    """The invoice is paid. ``invoice`` has status ``PAID``.
+
+    ``source`` is ``"mutation"`` when a feed row paid it (``mutation`` is that
+    row), or what reported it otherwise (``"gateway"`` by default; ``mutation``
+    is None, and the feed row that arrives later is paired with it silently).
+    """
+
+    invoice: Invoice
+    mutation: Mutation | None
+    source: str
+
+
+@attrs.frozen
+class InvoiceExpired:
+    """The invoice expired unpaid. ``invoice`` has status ``EXPIRED``."""
+
+    invoice: Invoice
+
+
+@attrs.frozen
+class InvoiceCancelled:
+    """The invoice was cancelled unpaid. ``invoice`` has status ``EXPIRED``, as the
+    gateway reports a cancelled invoice."""
+
+    invoice: Invoice
+
+
+@attrs.frozen
+class LatePayment:
+    """A credit of the total of an invoice that had already expired or been
+    cancelled, within the late grace after it closed. The money arrived but the
+    invoice is not paid: refund it, or honour it by hand."""
+
+    invoice: Invoice
+    mutation: Mutation
+
+
+@attrs.frozen
+class DuplicatePayment:
+    """A second credit of the total of an invoice that is already paid, within
+    the late grace after it was paid. The customer probably paid twice."""
+
+    invoice: Invoice
+    mutation: Mutation
+
+
+@attrs.frozen
+class UnmatchedCredit:
+    """A credit that fits no invoice: no invoice, open or recently closed, has
+    this total at this date."""
+
+    mutation: Mutation
+
+
+@attrs.frozen
+class AmbiguousCredit:
+    """A credit that fits more than one open invoice, so none is paid and a
+    person must decide. Unique totals make this impossible unless the engine's
+    state was changed from outside (for instance a hand-edited snapshot)."""
+
+    mutation: Mutation
+    candidates: tuple[Invoice, ...]
+
+
+@attrs.frozen
+class UnknownRow:
+    """A feed row whose type is neither credit nor debit. It is never matched."""
+
+    mutation: Mutation
+
+
+@attrs.frozen
+class RejectedRows:
+    """Feed rows that could not be read (each with the reason), reported once."""
+
+    rows: tuple[RejectedRow, ...]
+
+
+@attrs.frozen
+class BalanceGap:
+    """The balance after ``after`` does not follow from the balance after
+    ``before``: rows fell off the feed between two polls, and ``missing`` is
+    their net amount (negative when money went out, e.g. a missing debit)."""
+
+    before: Mutation
+    after: Mutation
+    missing: int
+
+
+Event: TypeAlias = (
+    InvoicePaid
+    | InvoiceExpired
+    | InvoiceCancelled
+    | LatePayment
+    | DuplicatePayment
+    | UnmatchedCredit
+    | AmbiguousCredit
+    | UnknownRow
+    | RejectedRows
+    | BalanceGap
+)
