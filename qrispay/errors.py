@@ -25,6 +25,7 @@ __all__ = [
     "OutcomeUnknownError",
     "QrispayError",
     "RateLimitError",
+    "ReconcilerStoppedError",
     "ResponseDecodeError",
     "ServerError",
     "TotalConflictError",
@@ -206,6 +207,11 @@ class AllocationError(QrispayError):
 class EventsOverflowError(QrispayError):
     """An ``events()`` subscriber fell behind its buffer. It received every event up
     to the overflow and none after: subscribe again, and reconcile from state."""
+
+
+class ReconcilerStoppedError(QrispayError):
+    """The Reconciler stopped while ``wait_for_payment`` was waiting: the invoice
+    is still open, and nothing is watching it."""
 
 
 class _InvoiceClosedError(QrispayError):

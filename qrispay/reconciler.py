@@ -30,6 +30,7 @@ from .errors import (
     NotFoundError,
     QrispayError,
     RateLimitError,
+    ReconcilerStoppedError,
     TotalConflictError,
 )
 from .events import Event, InvoiceCancelled, InvoiceExpired, InvoicePaid
@@ -217,10 +218,12 @@ class Reconciler:
         self._task_group = task_group
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
+    async def __aexit__(self, *exc_info: Any) -> None:
         task_group, self._task_group = self._task_group, None
         task_group.cancel_scope.cancel()
-        return bool(await task_group.__aexit__(*exc_info))
+        # The body's own exception is not handed to the task group, which would
+        # wrap it in an ExceptionGroup: it propagates as it was raised.
+        await task_group.__aexit__(None, None, None)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the loop until cancelled. With ``task_group.start(rec.run)`` it reports
@@ -241,6 +244,11 @@ class Reconciler:
             subscribers, self._subscribers = self._subscribers, []
             for subscription in subscribers:
                 subscription._end()
+            # Nobody will settle them now: waiting on would be waiting for ever.
+            waiters, self._waiters = self._waiters, {}
+            for pending in waiters.values():
+                for waiter in pending:
+                    waiter.done.set()
 
     async def _wait_for_next_poll(self) -> None:
         while True:
@@ -471,7 +479,8 @@ class Reconciler:
 
         Raises ``InvoiceExpiredError`` or ``InvoiceCancelledError`` when it closes
         unpaid, ``TimeoutError`` after ``timeout`` seconds, ``KeyError`` for an
-        invoice that is not tracked. An invoice that closed before this call
+        invoice that is not tracked, ``ReconcilerStoppedError`` if the loop stops
+        first. An invoice that closed before this call
         answers at once; one that was tracked already paid, or closed too long
         ago for its event to be remembered, answers from the engine's record
         (``source="record"``, no mutation; a cancellation then reads as expiry).
@@ -497,6 +506,10 @@ class Reconciler:
                     if not waiters:
                         del self._waiters[invoice_id]
             outcome = waiter.outcome
+            if outcome is None:
+                raise ReconcilerStoppedError(
+                    f"the Reconciler stopped before invoice {invoice_id!r} was settled"
+                )
         if isinstance(outcome, InvoicePaid):
             return outcome
         if isinstance(outcome, InvoiceCancelled):

@@ -30,6 +30,7 @@ from qrispay import (
     InvoiceStatus,
     PollPolicy,
     Reconciler,
+    ReconcilerStoppedError,
     ReconciliationEngine,
     TotalConflictError,
 )
@@ -354,6 +355,30 @@ async def test_wait_for_an_invoice_tracked_already_paid_answers_at_once(world: W
             await rec.wait_for_payment("gone")
     assert event.source == "record"
     assert event.invoice.invoice_id == "done"
+
+
+async def test_errors_in_the_body_propagate_unwrapped(world: World) -> None:
+    with anyio.fail_after(60), pytest.raises(KeyError, match="boom"):
+        async with world.reconciler():
+            raise KeyError("boom")
+
+
+async def test_waiters_are_woken_when_the_loop_stops(world: World) -> None:
+    failures: list[BaseException] = []
+
+    async def wait(rec: Reconciler, invoice_id: str) -> None:
+        try:
+            await rec.wait_for_payment(invoice_id)
+        except ReconcilerStoppedError as error:
+            failures.append(error)
+
+    with anyio.fail_after(600):
+        async with anyio.create_task_group() as tg, world.reconciler() as rec:
+            invoice = await rec.create_invoice(16_000)
+            tg.start_soon(wait, rec, invoice.invoice_id)
+            await anyio.sleep(5)
+    assert len(failures) == 1
+    assert rec.engine.state_of(invoice.invoice_id) is InvoiceStatus.PENDING
 
 
 async def test_many_waiters_on_one_invoice(world: World) -> None:

@@ -1,0 +1,128 @@
+"""The Reconciler in your own anyio task group: one invoice, from creation to paid.
+
+Against an in-process sandbox (no network, no credentials; a simulated
+customer pays the invoice once it is shown)::
+
+    python examples/task_group.py
+    python examples/task_group.py --trio
+
+Against the real APIs, with the credentials of ``examples/fastapi_app.py``
+in the environment (QRISPAY_API_KEY, QRISPAY_GATEWAY_URL, QRISPAY_AUTH,
+QRISPAY_MERCHANT, QRISPAY_TOKEN, optional QRISPAY_FEED_URL); it waits for a
+real payment, up to the invoice's expiry::
+
+    python examples/task_group.py --live 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from datetime import datetime
+
+import anyio
+
+from qrispay import (
+    GatewayClient,
+    Invoice,
+    InvoiceCancelledError,
+    InvoiceExpiredError,
+    InvoicePaid,
+    MutationClient,
+    PollPolicy,
+    Reconciler,
+)
+from qrispay.mutations import DEFAULT_FEED_URL
+
+__all__ = ["main", "show"]
+
+
+def rupiah(amount: int) -> str:
+    return f"Rp {amount:,}".replace(",", ".")
+
+
+def show(invoice: Invoice) -> None:
+    """Present the invoice to the payer (here: print it)."""
+    print(f"invoice {invoice.invoice_id}: pay exactly {rupiah(invoice.total)}")
+    print(f"  QR: {invoice.qris_image or invoice.qris_payload}")
+    print(f"  before {invoice.expired_at:%Y-%m-%d %H:%M:%S %Z}")
+
+
+async def main(
+    gateway: GatewayClient,
+    feed: MutationClient,
+    *,
+    amount: int = 10_000,
+    policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen, shared safely
+    clock: Callable[[], datetime] | None = None,
+    present: Callable[[Invoice], object] = show,
+) -> InvoicePaid | None:
+    """Create an invoice, ``present`` it, and wait: the ``InvoicePaid`` event, or
+    None if the invoice closed unpaid. The clients are the caller's to close."""
+    rec = Reconciler(feed, gateway=gateway, policy=policy, clock=clock)
+    async with anyio.create_task_group() as tg:
+        # start() returns after the first feed poll: wrong credentials raise here.
+        await tg.start(rec.run)
+        invoice = await rec.create_invoice(amount)
+        present(invoice)
+        # No timeout needed: the Reconciler itself closes the invoice once it is
+        # safely past its expiry. The outcomes we expect are handled inside the
+        # group, because anything raised in it leaves wrapped in an ExceptionGroup.
+        try:
+            paid: InvoicePaid | None = await rec.wait_for_payment(invoice.invoice_id)
+        except (InvoiceExpiredError, InvoiceCancelledError) as error:
+            print(error)
+            paid = None
+        # rec.run loops until cancelled; without this the group would never exit.
+        tg.cancel_scope.cancel()
+    if paid is not None:
+        via = paid.mutation.brand_name if paid.mutation else f"the {paid.source}"
+        print(f"paid: {rupiah(paid.invoice.total)} via {via}")
+    return paid
+
+
+async def _sandbox_demo() -> None:
+    from qrispay.sandbox import Sandbox
+
+    # A 1-second feed cache instead of the real 30 s keeps the demo short.
+    sandbox = Sandbox(ttl=1.0)
+
+    def present_and_pay(invoice: Invoice) -> None:
+        show(invoice)
+        sandbox.pay(invoice.total)  # the simulated customer scans and pays
+
+    async with sandbox.gateway_client() as gateway, sandbox.mutation_client() as feed:
+        await main(gateway, feed, policy=PollPolicy(ttl=1.0, margin=0.1), present=present_and_pay)
+
+
+async def _live(amount: int) -> None:
+    def env(name: str) -> str:
+        value = os.environ.get(name)
+        if not value:
+            raise SystemExit(f"{name} is not set")
+        return value
+
+    feed_url = os.environ.get("QRISPAY_FEED_URL") or DEFAULT_FEED_URL
+    async with (
+        GatewayClient(env("QRISPAY_API_KEY"), base_url=env("QRISPAY_GATEWAY_URL")) as gateway,
+        MutationClient(
+            env("QRISPAY_AUTH"),
+            env("QRISPAY_MERCHANT"),
+            env("QRISPAY_TOKEN"),
+            base_url=feed_url,
+        ) as feed,
+    ):
+        await main(gateway, feed, amount=amount)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trio", action="store_true", help="run under trio, not asyncio")
+    parser.add_argument("--live", metavar="AMOUNT", type=int, help="use the real APIs")
+    args = parser.parse_args()
+    backend = "trio" if args.trio else "asyncio"
+    if args.live is not None:
+        anyio.run(_live, args.live, backend=backend)
+    else:
+        anyio.run(_sandbox_demo, backend=backend)

@@ -1,0 +1,424 @@
+"""The examples in ``examples/`` run, against an in-process sandbox.
+
+``examples/`` is not a package, so its files are loaded from their paths.
+The sandbox's feed cache and the poll policy are shortened to a fraction of a
+second, and every wait is bounded, so a broken loop fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import anyio
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from qrispay import (
+    AuthenticationError,
+    GatewayClient,
+    Invoice,
+    InvoiceStatus,
+    MutationClient,
+    PollPolicy,
+)
+from qrispay.sandbox import SANDBOX_URL, ManualClock, Sandbox
+
+from .conftest import SECRET
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ENV_NAMES = (
+    "QRISPAY_API_KEY",
+    "QRISPAY_GATEWAY_URL",
+    "QRISPAY_AUTH",
+    "QRISPAY_MERCHANT",
+    "QRISPAY_TOKEN",
+    "QRISPAY_FEED_URL",
+)
+#: Seconds: the sandbox's feed cache, and the policy that respects it.
+TTL = 0.2
+FAST = PollPolicy(ttl=TTL, margin=0.05)
+#: The longest any single wait below may take before the test fails.
+DEADLINE = 5.0
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def load_example(name: str, module_name: str | None = None) -> ModuleType:
+    module_name = module_name or f"qrispay_example_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Registered before running it: pydantic resolves the models' annotations
+    # through sys.modules.
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+fastapi_app = load_example("fastapi_app")
+task_group = load_example("task_group")
+
+
+def make_app(sandbox: Sandbox, **kw: Any) -> FastAPI:
+    kw = {
+        "gateway_factory": sandbox.gateway_client,
+        "feed_factory": sandbox.mutation_client,
+        "policy": FAST,
+        **kw,
+    }
+    app: FastAPI = fastapi_app.create_app(**kw)
+    return app
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan entered, and a client talking to it in-process."""
+    with anyio.fail_after(DEADLINE):
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as client:
+                yield client
+
+
+async def create(client: httpx.AsyncClient, amount: int = 10_000) -> dict[str, Any]:
+    response = await client.post("/invoices", json={"amount": amount})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def eventually(client: httpx.AsyncClient, invoice_id: str, status: str) -> dict[str, Any]:
+    """Poll the status route until it says ``status``."""
+    with anyio.fail_after(DEADLINE):
+        while True:
+            response = await client.get(f"/invoices/{invoice_id}")
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            if body["status"] == status:
+                return body
+            await anyio.sleep(0.02)
+
+
+# -- the FastAPI service --------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_invoice_created_then_paid() -> None:
+    sandbox = Sandbox(ttl=TTL)
+    async with running(make_app(sandbox)) as client:
+        created = await create(client, 10_000)
+        assert created["status"] == "pending"
+        assert created["amount"] == 10_000
+        assert created["total"] == created["amount"] + created["fee"]
+        assert created["qris_image"]
+        assert created["expired_at"].endswith("+07:00")  # ISO 8601, zone kept
+        assert sandbox.pending_totals() == {created["total"]: created["invoice_id"]}
+
+        pending = await client.get(f"/invoices/{created['invoice_id']}")
+        assert pending.json() == created
+
+        sandbox.pay(created["total"])
+        paid = await eventually(client, created["invoice_id"], "paid")
+        assert paid == {**created, "status": "paid"}
+
+
+@pytest.mark.anyio
+async def test_wait_returns_when_paid() -> None:
+    sandbox = Sandbox(ttl=TTL)
+    async with running(make_app(sandbox)) as client:
+        created = await create(client)
+
+        async def customer() -> None:
+            await anyio.sleep(0.05)
+            sandbox.pay(created["total"])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(customer)
+            response = await client.get(
+                f"/invoices/{created['invoice_id']}/wait", params={"timeout": DEADLINE}
+            )
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "paid"
+        # A caller arriving after the payment is answered at once.
+        again = await client.get(f"/invoices/{created['invoice_id']}/wait", params={"timeout": 1})
+        assert again.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_wait_times_out_and_unknown_ids() -> None:
+    sandbox = Sandbox(ttl=TTL)
+    async with running(make_app(sandbox)) as client:
+        created = await create(client)
+        response = await client.get(
+            f"/invoices/{created['invoice_id']}/wait", params={"timeout": 0.1}
+        )
+        assert response.status_code == 408
+        for bad in (0, -1, 3600, "soon"):
+            response = await client.get(
+                f"/invoices/{created['invoice_id']}/wait", params={"timeout": bad}
+            )
+            assert response.status_code == 422, bad
+
+        assert (await client.get("/invoices/no-such-invoice")).status_code == 404
+        unknown_wait = await client.get("/invoices/no-such-invoice/wait", params={"timeout": 1})
+        assert unknown_wait.status_code == 404
+
+
+@pytest.mark.anyio
+async def test_expired_invoice() -> None:
+    # Virtual wall time, so the invoice's 15 minutes pass at once; the poll
+    # schedule still runs on the event loop's clock.
+    clock = ManualClock()
+    sandbox = Sandbox(ttl=TTL, clock=clock)
+    async with running(make_app(sandbox, clock=clock)) as client:
+        created = await create(client)
+        # Past expiry plus the engine's 2-minute skew.
+        clock.advance(timedelta(minutes=18))
+        response = await client.get(
+            f"/invoices/{created['invoice_id']}/wait", params={"timeout": DEADLINE}
+        )
+        assert response.status_code == 410, response.text
+        assert "expired" in response.json()["detail"]
+        assert (await eventually(client, created["invoice_id"], "expired"))["total"] == created[
+            "total"
+        ]
+
+
+@pytest.mark.anyio
+async def test_bad_amounts_are_422() -> None:
+    sandbox = Sandbox(ttl=TTL)
+    async with running(make_app(sandbox)) as client:
+        bodies: list[Any] = [
+            {},
+            {"amount": 0},
+            {"amount": -10_000},
+            {"amount": "10000"},
+            {"amount": 10_000.0},
+            {"amount": 10_000.5},
+            {"amount": True},
+            {"amount": None},
+            [10_000],
+        ]
+        for body in bodies:
+            response = await client.post("/invoices", json=body)
+            assert response.status_code == 422, (body, response.text)
+        assert sandbox.invoice_ids() == []
+
+
+@pytest.mark.anyio
+async def test_total_conflict_is_409() -> None:
+    # Three codes, all held by invoices tracked from elsewhere: every total the
+    # gateway hands out is taken, so the Reconciler gives up after three.
+    sandbox = Sandbox(ttl=TTL, max_code=3)
+    app = make_app(sandbox)
+    async with running(app) as client:
+        now = sandbox.now()
+        for code in (1, 2, 3):
+            app.state.reconciler.track(
+                Invoice(
+                    invoice_id=f"elsewhere-{code}",
+                    amount=10_000,
+                    fee=code,
+                    total=10_000 + code,
+                    status=InvoiceStatus.PENDING,
+                    qris_image="",
+                    expired_at=now + timedelta(minutes=15),
+                    created_at=now,
+                )
+            )
+        response = await client.post("/invoices", json={"amount": 10_000})
+        assert response.status_code == 409, response.text
+        # The three it was handed were cancelled, not left open to be paid.
+        created = sandbox.invoice_ids()
+        assert len(created) == 3
+        assert [sandbox.invoice(i)["status"] for i in created] == ["expired"] * 3
+
+
+SECRET_FORMS = {SECRET, quote(SECRET, safe=""), quote_plus(SECRET)}
+
+
+@pytest.mark.anyio
+async def test_gateway_failures_map_to_5xx_without_the_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sandbox = Sandbox(ttl=TTL, api_key=SECRET, min_amount=5_000)
+    texts: list[str] = []
+    async with running(make_app(sandbox)) as client:
+        # Done at the gateway, then a 5xx: nobody knows whether it exists.
+        sandbox.fail_next("error_after", endpoint="create_invoice")
+        response = await client.post("/invoices", json={"amount": 10_000})
+        texts.append(response.text)
+        assert response.status_code == 502
+        assert "do not retry blindly" in response.json()["detail"].lower()
+        assert len(sandbox.invoice_ids()) == 1  # it did exist
+
+        # The gateway's own refusal: its reason is passed on.
+        response = await client.post("/invoices", json={"amount": 100})
+        texts.append(response.text)
+        assert response.status_code == 502
+        assert "minimal 5000" in response.json()["detail"]
+
+        # Told to come back later than the client will wait: 503 with Retry-After.
+        sandbox.fail_next("rate_limit", endpoint="create_invoice", retry_after=120)
+        response = await client.post("/invoices", json={"amount": 10_000})
+        texts.append(response.text)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "120"
+
+    # A wrong API key shows only when an invoice is made (start-up polls the
+    # feed, not the gateway): a plain 502, and the key is not echoed.
+    other = Sandbox(ttl=TTL)
+    app = make_app(
+        other,
+        gateway_factory=lambda: GatewayClient(
+            SECRET, base_url=SANDBOX_URL, transport=httpx.ASGITransport(app=other.app)
+        ),
+    )
+    async with running(app) as client:
+        response = await client.post("/invoices", json={"amount": 10_000})
+        texts.append(response.text)
+        assert response.status_code == 502
+        assert response.json() == {"detail": "the payment gateway failed; try again later"}
+
+    texts.append(caplog.text)
+    assert "AuthenticationError" in caplog.text  # the operator gets the reason
+    for text in texts:
+        for form in SECRET_FORMS:
+            assert form not in text
+
+
+@pytest.mark.anyio
+async def test_wrong_feed_credentials_fail_the_start() -> None:
+    # Better a service that does not start than one that polls in vain for ever.
+    sandbox = Sandbox(ttl=TTL)
+    app = make_app(
+        sandbox,
+        feed_factory=lambda: MutationClient(
+            SECRET,
+            sandbox.merchant,
+            sandbox.token,
+            base_url=SANDBOX_URL,
+            transport=httpx.ASGITransport(app=sandbox.app),
+        ),
+    )
+    with pytest.raises(AuthenticationError) as raised:
+        async with running(app):
+            pass
+    assert SECRET not in str(raised.value)
+
+
+@pytest.mark.anyio
+async def test_lifespan_closes_cleanly() -> None:
+    sandbox = Sandbox(ttl=TTL)
+    app = make_app(sandbox)
+    tasks_before = len(anyio.get_running_tasks())
+    async with running(app) as client:
+        assert len(anyio.get_running_tasks()) > tasks_before  # the poll loop
+        reconciler = app.state.reconciler
+        assert "running" in repr(reconciler)
+        created = await create(client)
+        sandbox.pay(created["total"])
+        await eventually(client, created["invoice_id"], "paid")
+    assert len(anyio.get_running_tasks()) == tasks_before
+    assert "stopped" in repr(reconciler)
+
+    fetches = sandbox.stats.feed_fetches
+    await anyio.sleep(3 * FAST.interval)
+    assert sandbox.stats.feed_fetches == fetches  # nothing polls any more
+    with pytest.raises(RuntimeError, match="closed"):
+        await app.state.gateway.get_balance()
+    with pytest.raises(RuntimeError, match="closed"):
+        await app.state.feed.fetch()
+
+
+@pytest.mark.anyio
+async def test_sandbox_demo_app() -> None:
+    """The ``uvicorn --factory`` demo app, paid through its own pay route."""
+    app = fastapi_app.create_sandbox_app(ttl=TTL)
+    async with running(app) as client:
+        created = await create(client, 25_000)
+        paying = await client.post(f"/sandbox/pay/{created['invoice_id']}")
+        assert paying.status_code == 204
+        assert (await client.post("/sandbox/pay/no-such-invoice")).status_code == 404
+        await eventually(client, created["invoice_id"], "paid")
+
+
+@pytest.mark.anyio
+async def test_module_app_reads_the_environment_at_startup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    # Importing needs no variable: the module-level app reads them at start-up.
+    module = load_example("fastapi_app", "qrispay_example_fastapi_app_env")
+    with pytest.raises(RuntimeError, match="QRISPAY_API_KEY"):
+        async with running(module.app):
+            pass
+
+    sandbox = Sandbox(ttl=TTL, api_key=SECRET)
+    with sandbox.serve() as url:
+        for name, value in {
+            "QRISPAY_API_KEY": sandbox.api_key,
+            "QRISPAY_GATEWAY_URL": url,
+            "QRISPAY_AUTH": sandbox.auth,
+            "QRISPAY_MERCHANT": sandbox.merchant,
+            "QRISPAY_TOKEN": sandbox.token,
+            "QRISPAY_FEED_URL": url,
+        }.items():
+            monkeypatch.setenv(name, value)
+        async with running(module.app) as client:
+            assert sandbox.stats.feed_fetches == 1  # the first poll, at start-up
+            created = await create(client)
+            assert sandbox.invoice_ids() == [created["invoice_id"]]
+            assert repr(module.app.state.gateway).count(SECRET) == 0
+
+
+# -- the task-group example -------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_task_group_example_paid(capsys: pytest.CaptureFixture[str]) -> None:
+    sandbox = Sandbox(ttl=TTL)
+    shown: list[Invoice] = []
+
+    def present(invoice: Invoice) -> None:
+        shown.append(invoice)
+        sandbox.pay(invoice.total)
+
+    tasks_before = len(anyio.get_running_tasks())
+    async with sandbox.gateway_client() as gateway, sandbox.mutation_client() as feed:
+        with anyio.fail_after(DEADLINE):
+            paid = await task_group.main(gateway, feed, amount=15_000, policy=FAST, present=present)
+    assert paid is not None
+    assert [paid.invoice.invoice_id] == [i.invoice_id for i in shown]
+    assert paid.invoice.amount == 15_000
+    assert len(anyio.get_running_tasks()) == tasks_before  # the group was cancelled
+    assert "paid: Rp 15.001" in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_task_group_example_expired() -> None:
+    clock = ManualClock()
+    sandbox = Sandbox(ttl=TTL, clock=clock)
+
+    def present(invoice: Invoice) -> None:
+        task_group.show(invoice)
+        clock.advance(timedelta(minutes=18))  # nobody pays; time passes
+
+    async with sandbox.gateway_client() as gateway, sandbox.mutation_client() as feed:
+        with anyio.fail_after(DEADLINE):
+            paid = await task_group.main(gateway, feed, policy=FAST, clock=clock, present=present)
+    assert paid is None
+    assert [sandbox.invoice(i)["status"] for i in sandbox.invoice_ids()] == ["expired"]
