@@ -103,7 +103,7 @@ def parse_datetime(value: object) -> datetime:
         day, month, year, hour, minute, second = match.groups()
         micro, tz = 0, JAKARTA
     try:
-        return datetime(
+        parsed = datetime(
             int(year),
             int(month),
             int(day),
@@ -113,8 +113,12 @@ def parse_datetime(value: object) -> datetime:
             micro,
             tzinfo=tz,
         )
-    except ValueError as exc:
+        # Year 1 in WIB is before the first representable UTC instant: refuse it
+        # here rather than fail later, when it is compared or keyed.
+        parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
         raise ValueError(f"not a valid date: {value[:40]!r} ({exc})") from None
+    return parsed
 
 
 def _zone(text: str) -> timezone:

@@ -8,12 +8,14 @@ exception, repr and log record, httpx's own included.
 from __future__ import annotations
 
 import email.utils
+import html
 import json
 import logging
 import random
 import re
 import time
 from collections.abc import Iterable, Mapping
+from datetime import timezone
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -68,7 +70,16 @@ def _variants(secret: str) -> set[str]:
     encoded = {quote(secret, safe=""), quote_plus(secret), quote(secret)}
     # A server echoing the URL back may lower-case the escapes.
     encoded |= {_ESCAPE.sub(lambda m: m.group().lower(), v) for v in encoded}
-    return {v for v in (secret, *encoded) if v}
+    # Echoes come back inside HTML pages and JSON strings, and excerpts are reprs.
+    escaped = {
+        html.escape(secret),
+        html.escape(secret, quote=False),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(secret).replace("/", "\\/")[1:-1],
+        repr(secret)[1:-1],
+    }
+    return {v for v in (secret, *encoded, *escaped) if v}
 
 
 class Redactor:
@@ -189,9 +200,11 @@ def _parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            if when.tzinfo is None:  # "-0000": HTTP dates are GMT
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = when.timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
             return None
-        seconds = when.timestamp() - time.time()
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         return None
     return max(0.0, seconds)
@@ -255,6 +268,7 @@ def _error_class(status_code: int, message: str) -> type[APIStatusError]:
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _RETRYABLE_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 EXCERPT_CHARS = 200
+SCRUB_LIMIT = 64 * 1024
 
 
 @attrs.frozen
@@ -435,6 +449,18 @@ class HTTPCore:
                     "the total deadline passed mid-request", self.redactor, exc
                 ) from exc
             raise self._transport_error(exc, method, path, deadline=True) from exc
+        except httpx.DecodingError as exc:
+            # The answer arrived (a broken compressed body): the request was served.
+            unreadable = ResponseDecodeError(
+                "the answer could not be decoded", method=method, path=path
+            )
+            unreadable.__cause__ = exc
+            _scrub_chain(exc, self.redactor)
+            if call.creates:
+                raise call.unknown(
+                    "the answer could not be decoded", self.redactor, unreadable
+                ) from exc
+            raise unreadable from exc
         except httpx.TransportError as exc:
             if call.creates and not isinstance(exc, _UNSENT):
                 raise call.unknown(
@@ -451,14 +477,20 @@ class HTTPCore:
         try:
             body = json.loads(content) if content else None
             decoded = True
-        except ValueError:
+        except (ValueError, RecursionError):
             body, decoded = None, False
 
         logger.debug("%s %s -> %d (%d bytes)", method, path, status, len(content))
 
         if status >= 400 or (decoded and body_error(body) is not None):
             failed = self._status_error(response, body, decoded, method, path)
-            ambiguous = status == 408 or status >= 500
+            # An error inside a 2xx that is not a plain refusal ("Internal server
+            # error", or a message we cannot place) may come after the work was done.
+            ambiguous = (
+                status == 408
+                or status >= 500
+                or (status < 400 and type(failed) in (ServerError, APIStatusError))
+            )
             if call.creates and ambiguous:
                 raise call.unknown(f"HTTP {status}", self.redactor, failed)
             if isinstance(failed, RateLimitError):
@@ -483,7 +515,8 @@ class HTTPCore:
         return body
 
     def _excerpt(self, response: httpx.Response) -> str:
-        text = response.content[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
+        # Scrubbed whole, then cut: a cut first could leave half a secret behind.
+        text = response.content[:SCRUB_LIMIT].decode("utf-8", "replace")
         return self.redactor.scrub(text)[:EXCERPT_CHARS]
 
     def _status_error(
@@ -521,6 +554,26 @@ class HTTPCore:
             current = (found.group(1) or found.group(2)).lower() if found else None
             return InvoiceNotCancellableError(message, status=current, **common)
         return cls(message, **common)
+
+    def error_for(
+        self, message: str, *, status_code: int, body: Any, method: str, path: str
+    ) -> APIStatusError:
+        """The typed error for a failure the caller recognised in a 2xx body."""
+        message = self.redactor.scrub(message)
+        cls = _error_class(status_code, message)
+        common: dict[str, Any] = {
+            "status_code": status_code,
+            "body": self.redactor.scrub_obj(body),
+            "method": method,
+            "path": path,
+        }
+        if cls is RateLimitError:
+            return RateLimitError(message, retry_after=None, **common)
+        return cls(message, **common)
+
+    def safe_repr(self, value: Any) -> str:
+        """A short repr of a decoded body, scrubbed before it is cut."""
+        return self.redactor.scrub(repr(self.redactor.scrub_obj(value)))[:EXCERPT_CHARS]
 
     def _transport_error(
         self, exc: BaseException, method: str, path: str, *, deadline: bool = False

@@ -25,6 +25,9 @@ __all__ = ["GatewayClient", "GatewayEndpoints"]
 
 T = TypeVar("T")
 
+# An id the server left empty cannot be told apart from another one: refused.
+_ID_FIELDS = ("invoice_id", "withdraw_id")
+
 
 @attrs.frozen
 class GatewayEndpoints:
@@ -297,9 +300,27 @@ class GatewayClient:
         if not isinstance(body, Mapping):
             raise self._decode_error("the answer is not a JSON object", body, path, method)
         try:
-            return structure(body, cls)
+            model = structure(body, cls)
         except ValueError as exc:
-            raise self._decode_error(f"{cls.__name__}: {exc}", body, path, method) from None
+            raise self._decode_error(
+                f"{cls.__name__}: {self._reason(body, cls, exc)}", body, path, method
+            ) from None
+        for name in _ID_FIELDS:
+            value = getattr(model, name, None)
+            if isinstance(value, str) and not value.strip():
+                raise self._decode_error(f"{cls.__name__}: {name} is empty", body, path, method)
+        return model
+
+    def _reason(self, body: Mapping[str, Any], cls: type[Any], error: ValueError) -> str:
+        # Reasons quote values cut short, where a cut secret would not be
+        # recognised: take the reason from the scrubbed body instead.
+        safe = self._core.redactor.scrub_obj(dict(body))
+        if safe != body:
+            try:
+                structure(safe, cls)
+            except ValueError as again:
+                return str(again)
+        return str(error)
 
     def _created(
         self,
@@ -324,10 +345,9 @@ class GatewayClient:
             ) from exc
 
     def _decode_error(self, why: str, body: Any, path: str, method: str) -> ResponseDecodeError:
-        excerpt = self._core.redactor.scrub(repr(body))[: _http.EXCERPT_CHARS]
         return ResponseDecodeError(
             self._core.redactor.scrub(f"unexpected answer: {why}"),
-            excerpt=excerpt,
+            excerpt=self._core.safe_repr(body),
             method=method,
             path=path,
         )

@@ -112,12 +112,28 @@ class MutationClient:
         )
         if not isinstance(body, dict):
             raise self._shape_error("the answer is not a JSON object", body)
+        self._check_success(body)
         data = body.get("data")
         if data is None:
             return MutationBatch()
         if not isinstance(data, list):
             raise self._shape_error("data is not a list", body)
         return self._read_rows(data)
+
+    def _check_success(self, body: dict[str, Any]) -> None:
+        # Only an answer that says it succeeded may mean "no new rows": anything
+        # else read as an empty batch would let an invoice expire unseen.
+        status = body.get("status")
+        if isinstance(status, str) and status.strip().lower() == "success":
+            return
+        if status is None and isinstance(body.get("data"), list):
+            return
+        message = body.get("message") or body.get("error")
+        if isinstance(message, str) and message:
+            raise self._core.error_for(
+                message, status_code=200, body=body, method="GET", path=self.path
+            )
+        raise self._shape_error(f"status is {status!r}, not 'success'", body)
 
     def _read_rows(self, data: list[Any]) -> MutationBatch:
         known = self._known
@@ -135,14 +151,26 @@ class MutationClient:
             try:
                 row = self._scrubbed(mutation_from_row(raw))
             except ValueError as exc:
-                redactor = self._core.redactor
-                rejected.append(RejectedRow(redactor.scrub_obj(raw), redactor.scrub(str(exc))))
+                rejected.append(self._rejection(raw, exc))
                 continue
             if type(ref) is str and ref:
                 fresh[ref] = (raw, row)
             rows.append(row)
         self._known = fresh
         return MutationBatch(tuple(rows), tuple(rejected))
+
+    def _rejection(self, raw: Any, error: ValueError) -> RejectedRow:
+        redactor = self._core.redactor
+        safe = redactor.scrub_obj(raw)
+        reason = str(error)
+        if safe != raw:
+            # The reason quotes the value, cut short: a cut secret would not be
+            # recognised, so the reason is taken from the scrubbed row instead.
+            try:
+                mutation_from_row(safe)
+            except ValueError as again:
+                reason = str(again)
+        return RejectedRow(safe, redactor.scrub(reason))
 
     def _scrubbed(self, row: Mutation) -> Mutation:
         redactor = self._core.redactor
@@ -154,10 +182,9 @@ class MutationClient:
         return attrs.evolve(row, **changes) if changes else row
 
     def _shape_error(self, why: str, body: Any) -> ResponseDecodeError:
-        redactor = self._core.redactor
         return ResponseDecodeError(
-            f"unexpected feed answer: {why}",
-            excerpt=redactor.scrub(repr(body))[: _http.EXCERPT_CHARS],
+            self._core.redactor.scrub(f"unexpected feed answer: {why}"),
+            excerpt=self._core.safe_repr(body),
             method="GET",
             path=self.path,
         )

@@ -28,6 +28,7 @@ from .errors import (
     InvoiceCancelledError,
     InvoiceExpiredError,
     NotFoundError,
+    OutcomeUnknownError,
     QrispayError,
     RateLimitError,
     ReconcilerStoppedError,
@@ -46,6 +47,9 @@ logger = logging.getLogger("qrispay.reconciler")
 #: How many invoice outcomes ``wait_for_payment`` remembers for late callers.
 OUTCOMES_KEPT = 10_000
 MAX_CREATIONS = 3
+GATEWAY_CHECKS_AT_ONCE = 8
+#: Seconds allowed for cancelling invoices created with a taken total.
+CANCEL_BUDGET = 30.0
 
 # Answers that mean the configuration is wrong, not that the feed is down: at
 # start-up they are raised instead of retried forever.
@@ -131,6 +135,12 @@ class EventSubscription:
         await self.aclose()
 
 
+async def _sleep_until(deadline: float) -> None:
+    left = deadline - anyio.current_time()
+    if left > 0:
+        await anyio.sleep(left)
+
+
 class _Waiter:
     __slots__ = ("done", "outcome")
 
@@ -187,6 +197,7 @@ class Reconciler:
         self._outcomes: OrderedDict[str, Event] = OrderedDict()
         self._wake = anyio.Event()
         self._running = False
+        self._stopped = False  # it ran, and is not running now
         self._task_group: Any = None
 
     # -- the engine and the clock --------------------------------------------
@@ -232,8 +243,11 @@ class Reconciler:
         if self._running:
             raise RuntimeError("this Reconciler is already running")
         self._running = True
+        self._stopped = False
         try:
             self.engine  # noqa: B018 - made now, so started_at is the start of the loop
+            # A second run still owes the cache its window (and a 429 its wait).
+            await _sleep_until(self._schedule.next_start(busy=True))
             await self._poll(first=True)
             task_status.started()
             while True:
@@ -241,6 +255,7 @@ class Reconciler:
                 await self._poll()
         finally:
             self._running = False
+            self._stopped = True
             subscribers, self._subscribers = self._subscribers, []
             for subscription in subscribers:
                 subscription._end()
@@ -320,20 +335,44 @@ class Reconciler:
         if not due:
             return
         if self.gateway is not None:
-            due = [invoice_id for invoice_id in due if await self._gateway_says_unpaid(invoice_id)]
+            due = await self._confirm_unpaid(due)
         # `now` is the fetch's start minus skew, so an invoice closes only if this
         # fetch started after its expired_at + skew.
         self._publish(engine.expire(now=cutoff, invoice_ids=due))
+
+    async def _confirm_unpaid(self, invoice_ids: list[str]) -> list[str]:
+        """The ids the gateway confirms unpaid. Asked side by side, within half a
+        poll interval, so a slow gateway never delays the next fetch; an invoice
+        not answered for is asked again after the next fetch."""
+        unpaid: list[str] = []
+        limiter = anyio.CapacityLimiter(GATEWAY_CHECKS_AT_ONCE)
+
+        async def check(invoice_id: str) -> None:
+            async with limiter:
+                if await self._gateway_says_unpaid(invoice_id):
+                    unpaid.append(invoice_id)
+
+        with anyio.move_on_after(self.policy.interval / 2):
+            async with anyio.create_task_group() as checks:
+                for invoice_id in invoice_ids:
+                    checks.start_soon(check, invoice_id)
+        return unpaid
 
     async def _gateway_says_unpaid(self, invoice_id: str) -> bool:
         assert self.gateway is not None
         self.stats.gateway_checks += 1
         try:
             invoice = await self.gateway.get_invoice(invoice_id)
+        except NotFoundError:
+            # Unknown there, so never paid there; the feed already says unpaid.
+            logger.warning("the gateway does not know invoice %s; expiring it", invoice_id)
+            return True
         except Exception as error:
             # Unknown is not "unpaid": ask again after the next fetch.
             logger.warning("could not confirm invoice %s with the gateway: %s", invoice_id, error)
             return False
+        if self.engine.state_of(invoice_id) is not InvoiceStatus.PENDING:
+            return False  # settled while we asked
         if invoice.status is InvoiceStatus.PAID:
             self._publish(self.engine.mark_paid(invoice_id, now=self._now()))
             return False
@@ -370,7 +409,10 @@ class Reconciler:
     def events(self, *, buffer: int | None = None) -> EventSubscription:
         """Subscribe to every event from now on (see ``EventSubscription``)."""
         subscription = EventSubscription(self, buffer or self._event_buffer)
-        self._subscribers.append(subscription)
+        if self._stopped:
+            subscription._end()
+        else:
+            self._subscribers.append(subscription)
         return subscription
 
     def _unsubscribe(self, subscription: EventSubscription) -> None:
@@ -405,6 +447,15 @@ class Reconciler:
         try:
             for _ in range(MAX_CREATIONS):
                 invoice = await self.gateway.create_invoice(amount)
+                if self.engine.state_of(invoice.invoice_id) is not None:
+                    # track() would ignore it, and its payer would go unseen.
+                    raise OutcomeUnknownError(
+                        f"create_invoice: the gateway answered with invoice id "
+                        f"{invoice.invoice_id!r}, which is already tracked; a new invoice "
+                        "may or may not exist at the gateway",
+                        operation="create_invoice",
+                        params={"amount": amount},
+                    )
                 try:
                     self.engine.track(invoice, now=self._now())
                 except TotalConflictError as conflict:
@@ -424,9 +475,11 @@ class Reconciler:
                 f"the gateway handed out taken totals {MAX_CREATIONS} times for amount {amount}",
             )
         finally:
-            # Only now, so the gateway could not hand the same total back meanwhile.
-            for invoice in taken:
-                await self._cancel_quietly(invoice)
+            # Only now, so the gateway could not hand the same total back meanwhile;
+            # shielded, so a caller's timeout does not leave them pending there.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_BUDGET):
+                for invoice in taken:
+                    await self._cancel_quietly(invoice)
 
     async def _cancel_quietly(self, invoice: Invoice) -> None:
         assert self.gateway is not None
@@ -493,6 +546,10 @@ class Reconciler:
             # Closed without an event here (tracked closed), or too long ago to be
             # remembered: the engine's record still says how it ended.
             outcome = self._recorded_outcome(invoice_id, state)
+        if outcome is None and self._stopped:
+            raise ReconcilerStoppedError(
+                f"the Reconciler is stopped; invoice {invoice_id!r} is not being watched"
+            )
         if outcome is None:
             waiter = _Waiter()
             self._waiters.setdefault(invoice_id, []).append(waiter)
