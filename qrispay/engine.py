@@ -56,7 +56,7 @@ _STATES = (_OPEN, _PAID, _EXPIRED, _CANCELLED)
 class _Tracked:
     """One invoice the engine knows. Slotted: there is one per open invoice."""
 
-    __slots__ = ("closed_at", "invoice", "owed", "seq", "start", "state")
+    __slots__ = ("closed_at", "invoice", "owed", "seq", "start", "state", "waiting")
 
     def __init__(self, invoice: Invoice, start: datetime) -> None:
         self.invoice = invoice  # its current state: the status is updated when it closes
@@ -67,6 +67,9 @@ class _Tracked:
         self.owed = False
         # Breaks ties between invoices closed at the same instant: the later close wins.
         self.seq = 0
+        # Credits of its total dated after its window while it is still open: they
+        # cannot pay it, and are judged (late or duplicate) when it closes.
+        self.waiting: list[Mutation] | None = None
 
     @property
     def closed(self) -> datetime:
@@ -220,6 +223,7 @@ class ReconciliationEngine:
                     continue
                 closed = self._close(record, _EXPIRED, expired_at, popped=True)
                 events.append(InvoiceExpired(closed))
+                events += self._judge_waiting(record)
             return events
         if isinstance(invoice_ids, str):
             raise TypeError("invoice_ids must be a collection of ids, not one string")
@@ -231,6 +235,7 @@ class ReconciliationEngine:
         for record in sorted(due.values(), key=_expiry_order):
             closed = self._close(record, _EXPIRED, record.invoice.expired_at)
             events.append(InvoiceExpired(closed))
+            events += self._judge_waiting(record)
         return events
 
     def cancel(self, invoice_id: str, *, now: datetime) -> list[Event]:
@@ -240,7 +245,8 @@ class ReconciliationEngine:
         record = self._record(invoice_id)
         if record.state != _OPEN:
             return []
-        return [InvoiceCancelled(self._close(record, _CANCELLED, now))]
+        cancelled = InvoiceCancelled(self._close(record, _CANCELLED, now))
+        return [cancelled, *self._judge_waiting(record)]
 
     def mark_paid(self, invoice_id: str, *, now: datetime, source: str = "gateway") -> list[Event]:
         """Record a payment reported outside the feed (by the gateway): the invoice
@@ -255,7 +261,8 @@ class ReconciliationEngine:
         record = self._record(invoice_id)
         if record.state != _OPEN:
             return []
-        return [InvoicePaid(self._close(record, _PAID, now, owed=True), None, source)]
+        paid = InvoicePaid(self._close(record, _PAID, now, owed=True), None, source)
+        return [paid, *self._judge_waiting(record)]
 
     def open_invoices(self) -> list[Invoice]:
         """The invoices still open, in the order they were tracked."""
@@ -327,26 +334,25 @@ class ReconciliationEngine:
             if gap is not None:
                 events.append(gap)
             if row.type == MutationType.CREDIT:
-                verdict = self._judge(row, history)
-                if verdict is not None:
-                    events.append(verdict)
+                events += self._judge(row, history)
             elif row.type != MutationType.DEBIT and not history:
                 events.append(UnknownRow(row))
         return events
 
-    def _judge(self, row: Mutation, history: bool) -> Event | None:
+    def _judge(self, row: Mutation, history: bool) -> list[Event]:
         date = row.date
         skew = self._skew
+        same_total = self._open_by_total.get(row.amount, ())
         fitting = [
             record
-            for record in self._open_by_total.get(row.amount, ())
+            for record in same_total
             if record.start <= date <= record.invoice.expired_at + skew
         ]
         if len(fitting) == 1:
             paid = self._close(fitting[0], _PAID, date)
-            return InvoicePaid(paid, row, "mutation")
+            return [InvoicePaid(paid, row, "mutation"), *self._judge_waiting(fitting[0])]
         if fitting:
-            return AmbiguousCredit(row, tuple(record.invoice for record in fitting))
+            return [AmbiguousCredit(row, tuple(record.invoice for record in fitting))]
 
         closed = self._closed_by_total.get(row.amount, ())
         # Checked after the open invoices: an owed pairing can only overlap an open
@@ -359,10 +365,26 @@ class ReconciliationEngine:
         ]
         if owed:
             max(owed, key=_Tracked.recency).owed = False
-            return None
+            return []
         if history:
-            return None
+            return []
+        # Paid after the window of an invoice not yet closed (the loop closes it only
+        # after a fetch past its window, often this very fetch): a late payment for
+        # it, not an unmatched one, so its verdict waits for it to close.
+        past = [record for record in same_total if date > record.invoice.expired_at + skew]
+        if past:
+            waiting = max(past, key=_expiry_order)
+            if waiting.waiting is None:
+                waiting.waiting = []
+            waiting.waiting.append(row)
+            return []
+        return [self._judge_closed(row)]
+
+    def _judge_closed(self, row: Mutation) -> Event:
+        """Rule 5: a credit of a closed invoice's total, or an unmatched one."""
+        date = row.date
         late_grace = self._late_grace
+        closed = self._closed_by_total.get(row.amount, ())
         recent = [record for record in closed if record.start <= date <= record.closed + late_grace]
         if not recent:
             return UnmatchedCredit(row)
@@ -370,6 +392,10 @@ class ReconciliationEngine:
         if record.state == _PAID:
             return DuplicatePayment(record.invoice, row)
         return LatePayment(record.invoice, row)
+
+    def _judge_waiting(self, record: _Tracked) -> list[Event]:
+        waiting, record.waiting = record.waiting, None
+        return [self._judge_closed(row) for row in waiting or ()]
 
     def _chain(self, row: Mutation, history: bool) -> BalanceGap | None:
         if row.balance is None:
@@ -687,6 +713,7 @@ def _dump_record(record: _Tracked) -> dict[str, Any]:
         "closed_at": _iso(record.closed_at),
         "pairing_owed": record.owed,
         "seq": record.seq,
+        "waiting": [_dump_row(row) for row in record.waiting or ()],
     }
 
 
@@ -701,6 +728,8 @@ def _load_record(data: Mapping[str, Any]) -> _Tracked:
         raise ValueError(f"invoice {record.invoice.invoice_id!r}: closed_at does not fit {state}")
     record.owed = bool(data["pairing_owed"])
     record.seq = int(data["seq"])
+    waiting = [_load_row(row) for row in data.get("waiting", ())]
+    record.waiting = waiting or None
     return record
 
 

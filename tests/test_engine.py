@@ -284,7 +284,39 @@ def test_rule4_credit_inside_window_pays_open_invoice() -> None:
 def test_rule4_window_boundaries_are_inclusive(when: datetime, pays: bool) -> None:
     engine = tracked(invoice())
     events = engine.ingest([row(10_001, when)], now=at(30))
-    assert kinds(events) == (["InvoicePaid"] if pays else ["UnmatchedCredit"])
+    if pays:
+        assert kinds(events) == ["InvoicePaid"]
+    elif when < T0:
+        assert kinds(events) == ["UnmatchedCredit"]
+    else:
+        # After the window, while the invoice is still open: late, once it closes.
+        assert events == []
+        assert kinds(engine.expire(now=at(30))) == ["InvoiceExpired", "LatePayment"]
+
+
+def test_rule5_a_credit_after_the_window_of_an_open_invoice_waits_for_it_to_close() -> None:
+    late = row(10_001, at(15) + SKEW + timedelta(seconds=30))
+    for close, expected in [
+        (lambda e: e.expire(now=at(20)), ["InvoiceExpired", "LatePayment"]),
+        (lambda e: e.cancel("inv-1", now=at(20)), ["InvoiceCancelled", "LatePayment"]),
+        (lambda e: e.mark_paid("inv-1", now=at(20)), ["InvoicePaid", "DuplicatePayment"]),
+    ]:
+        engine = tracked(invoice())
+        assert engine.ingest([late], now=at(20)) == []
+        assert engine.state_of("inv-1") is InvoiceStatus.PENDING
+        # Survives a snapshot while it waits.
+        engine = ReconciliationEngine.restore(json.loads(json.dumps(engine.snapshot())))
+        events = close(engine)
+        assert kinds(events) == expected
+        assert events[1].mutation == late
+        assert engine.ingest([late], now=at(21)) == []
+
+
+def test_rule5_a_waiting_credit_past_the_late_grace_is_unmatched() -> None:
+    engine = tracked(invoice())
+    very_late = row(10_001, at(15) + GRACE + timedelta(minutes=1))
+    assert engine.ingest([very_late], now=at(90)) == []
+    assert kinds(engine.expire(now=at(90))) == ["InvoiceExpired", "UnmatchedCredit"]
 
 
 def test_rule4_window_starts_at_tracking_time_when_created_at_is_unknown() -> None:

@@ -215,6 +215,21 @@ async def test_payment_in_the_last_second_is_paid_not_expired(world: World) -> N
     assert paid.source == "mutation"
 
 
+async def test_payment_just_after_the_window_is_late_not_unmatched(world: World) -> None:
+    with anyio.fail_after(3600):
+        async with anyio.create_task_group() as tg, world.reconciler() as rec:
+            await tg.start(world.record, rec)
+            invoice = await rec.create_invoice(35_000)
+            window_end = invoice.expired_at + rec.engine.skew
+            await anyio.sleep((window_end - world.clock()).total_seconds() + 1)
+            # Paid a second after the window, before any fetch could expire it.
+            world.sandbox.pay(invoice.total)
+            await anyio.sleep(2 * INTERVAL)
+            await world.stop(tg)
+    kinds = [type(e).__name__ for _, e in world.events]
+    assert kinds == ["InvoiceExpired", "LatePayment"]
+
+
 async def test_rate_limit_is_waited_out_with_retry_after(world: World) -> None:
     with anyio.fail_after(3600):
         async with world.reconciler() as rec:
