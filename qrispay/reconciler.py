@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio
+import anyio.abc
 import attrs
 from anyio.abc import TaskStatus
 
@@ -198,6 +199,10 @@ class Reconciler:
         self._wake = anyio.Event()
         self._running = False
         self._stopped = False  # it ran, and is not running now
+        # Gateway checks run beside the loop, so a slow gateway never delays a fetch.
+        self._checks: anyio.abc.TaskGroup | None = None
+        self._checking: set[str] = set()
+        self._check_limiter = anyio.CapacityLimiter(GATEWAY_CHECKS_AT_ONCE)
         self._task_group: Any = None
 
     # -- the engine and the clock --------------------------------------------
@@ -248,12 +253,19 @@ class Reconciler:
             self.engine  # noqa: B018 - made now, so started_at is the start of the loop
             # A second run still owes the cache its window (and a 429 its wait).
             await _sleep_until(self._schedule.next_start(busy=True))
-            await self._poll(first=True)
-            task_status.started()
-            while True:
-                await self._wait_for_next_poll()
-                await self._poll()
+            async with anyio.create_task_group() as self._checks:
+                fatal = await self._poll(first=True)
+                if fatal is None:
+                    task_status.started()
+                    while True:
+                        await self._wait_for_next_poll()
+                        await self._poll()
+                self._checks.cancel_scope.cancel()
+            # Raised outside the task group, so the caller gets it as it is.
+            assert fatal is not None
+            raise fatal
         finally:
+            self._checking.clear()
             self._running = False
             self._stopped = True
             subscribers, self._subscribers = self._subscribers, []
@@ -282,7 +294,9 @@ class Reconciler:
 
     # -- one poll ------------------------------------------------------------
 
-    async def _poll(self, *, first: bool = False) -> None:
+    async def _poll(self, *, first: bool = False) -> Exception | None:
+        """One fetch and what follows. Returns the error that should stop a
+        starting loop (wrong credentials or paths), else None."""
         self._schedule.started(anyio.current_time())
         fetch_started = self._now()
         self.stats.polls += 1
@@ -291,18 +305,18 @@ class Reconciler:
         except RateLimitError as error:
             self._schedule.rate_limited(error.retry_after)
             self._failed(error, rate_limited=True)
-            return
+            return None
         except _FATAL_AT_START as error:
             if first:
-                raise
+                return error
             self._schedule.failed()
             self._failed(error)
-            return
+            return None
         except Exception as error:
             # Whatever went wrong, the loop goes on; the schedule backs off.
             self._schedule.failed()
             self._failed(error)
-            return
+            return None
         self._schedule.succeeded()
         now = self._now()
         self.stats.consecutive_failures = 0
@@ -312,6 +326,7 @@ class Reconciler:
         self.stats.rows_rejected += len(batch.rejected)
         self._publish(self.engine.ingest(batch, now=now))
         await self._expire_due(fetch_started)
+        return None
 
     def _failed(self, error: BaseException, *, rate_limited: bool = False) -> None:
         self.stats.failures += 1
@@ -330,33 +345,27 @@ class Reconciler:
 
     async def _expire_due(self, fetch_started: datetime) -> None:
         engine = self.engine
+        # `now` for expire() is the fetch's start minus skew, so an invoice closes
+        # only if this fetch started after its expired_at + skew.
         cutoff = fetch_started - engine.skew
         due = [i.invoice_id for i in engine.open_invoices() if i.expired_at < cutoff]
-        if not due:
+        if self.gateway is None:
+            self._publish(engine.expire(now=cutoff, invoice_ids=due))
             return
-        if self.gateway is not None:
-            due = await self._confirm_unpaid(due)
-        # `now` is the fetch's start minus skew, so an invoice closes only if this
-        # fetch started after its expired_at + skew.
-        self._publish(engine.expire(now=cutoff, invoice_ids=due))
+        assert self._checks is not None
+        for invoice_id in due:
+            if invoice_id not in self._checking:
+                self._checking.add(invoice_id)
+                self._checks.start_soon(self._check_then_expire, invoice_id, cutoff)
 
-    async def _confirm_unpaid(self, invoice_ids: list[str]) -> list[str]:
-        """The ids the gateway confirms unpaid. Asked side by side, within half a
-        poll interval, so a slow gateway never delays the next fetch; an invoice
-        not answered for is asked again after the next fetch."""
-        unpaid: list[str] = []
-        limiter = anyio.CapacityLimiter(GATEWAY_CHECKS_AT_ONCE)
-
-        async def check(invoice_id: str) -> None:
-            async with limiter:
-                if await self._gateway_says_unpaid(invoice_id):
-                    unpaid.append(invoice_id)
-
-        with anyio.move_on_after(self.policy.interval / 2):
-            async with anyio.create_task_group() as checks:
-                for invoice_id in invoice_ids:
-                    checks.start_soon(check, invoice_id)
-        return unpaid
+    async def _check_then_expire(self, invoice_id: str, cutoff: datetime) -> None:
+        try:
+            async with self._check_limiter:
+                unpaid = await self._gateway_says_unpaid(invoice_id)
+            if unpaid:
+                self._publish(self.engine.expire(now=cutoff, invoice_ids=[invoice_id]))
+        finally:
+            self._checking.discard(invoice_id)
 
     async def _gateway_says_unpaid(self, invoice_id: str) -> bool:
         assert self.gateway is not None

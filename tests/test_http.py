@@ -409,3 +409,79 @@ async def test_no_response_left_open_after_retries(sleeps: list[float]) -> None:
     assert len(transport.responses) == 3
     assert all(stream.closed for stream in transport.streams)
     assert transport.closed
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"error": "Internal server error"}, {"success": False, "message": "terjadi kesalahan"}],
+)
+async def test_create_with_an_unplaceable_error_inside_a_200_is_ambiguous(
+    api: respx.MockRouter, sleeps: list[float], body: dict[str, object]
+) -> None:
+    # The server may have made the withdrawal and then failed to say so.
+    route = api.post("/api/v1/withdraw").respond(200, json=body)
+    async with GatewayClient(KEY, base_url=BASE) as gw:
+        with pytest.raises(OutcomeUnknownError) as caught:
+            await gw.create_withdrawal(50000, "081234567890", "John Doe")
+    assert route.call_count == 1
+    assert isinstance(caught.value.__cause__, APIStatusError)
+
+
+async def test_create_refused_inside_a_200_is_a_definite_refusal(api: respx.MockRouter) -> None:
+    api.post("/api/v1/withdraw").respond(200, json={"success": False, "error": "Invalid apikey"})
+    async with GatewayClient(KEY, base_url=BASE) as gw:
+        with pytest.raises(AuthenticationError):
+            await gw.create_withdrawal(50000, "081234567890", "John Doe")
+
+
+@pytest.mark.parametrize("field", ["invoice_id", None])
+async def test_an_invoice_without_an_id_is_refused(
+    api: respx.MockRouter, field: str | None
+) -> None:
+    body = {**CREATED, "invoice_id": "" if field else None}
+    api.get("/api/v1/invoice/create").respond(json=body)
+    api.get("/api/v1/invoice/status").respond(json={**body, "status": "pending"})
+    async with GatewayClient(KEY, base_url=BASE) as gw:
+        with pytest.raises(OutcomeUnknownError):
+            await gw.create_invoice(10000)
+        with pytest.raises(ResponseDecodeError, match="invoice_id"):
+            await gw.get_invoice("inv1")
+
+
+# httpx leaves its byte-stream generator unfinished when decoding fails; trio
+# reports that when it is collected. The response itself is closed by httpx.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_broken_compressed_body_is_typed(api: respx.MockRouter) -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(b"not gzip")
+        )
+
+    api.get("/api/v1/balance").mock(side_effect=broken)
+    api.get("/api/v1/invoice/create").mock(side_effect=broken)
+    async with GatewayClient(KEY, base_url=BASE) as gw:
+        with pytest.raises(ResponseDecodeError):
+            await gw.get_balance()
+        with pytest.raises(OutcomeUnknownError):
+            await gw.create_invoice(10000)
+
+
+async def test_absurdly_nested_json_is_typed(api: respx.MockRouter) -> None:
+    api.get("/api/v1/balance").respond(200, content=b"[" * 100_000 + b"]" * 100_000)
+    async with GatewayClient(KEY, base_url=BASE) as gw:
+        with pytest.raises(ResponseDecodeError):
+            await gw.get_balance()
+
+
+@pytest.mark.parametrize(
+    "value", ["Wed, 21 Oct 2015 07:28:00 +99999999999999999999", "soon", "-5", "nan", "inf"]
+)
+async def test_malformed_retry_after_is_ignored(
+    api: respx.MockRouter, sleeps: list[float], value: str
+) -> None:
+    api.get("/api/v1/balance").respond(429, headers={"Retry-After": value}, json={"error": "x"})
+    async with GatewayClient(KEY, base_url=BASE, max_retries=1) as gw:
+        with pytest.raises(RateLimitError) as caught:
+            await gw.get_balance()
+    assert caught.value.retry_after in (None, 0.0)
+    assert len(sleeps) == 1

@@ -377,3 +377,35 @@ async def test_any_json_in_any_field_becomes_a_row_or_a_rejection(values: dict[s
         assert mutation.amount >= 0
         assert mutation.date.tzinfo is not None
         assert mutation.key
+
+
+@pytest.mark.parametrize(
+    ("body", "error_class"),
+    [
+        ({"message": "Hit limit"}, RateLimitError),
+        ({"status": "gagal", "message": "Invalid auth or token"}, AuthenticationError),
+        ({"status": "gagal"}, ResponseDecodeError),
+        ({}, ResponseDecodeError),
+        ({"status": "success ", "data": None}, None),
+        ({"data": [BASE_ROW]}, None),
+    ],
+)
+async def test_only_an_answer_that_says_success_is_read_as_rows(
+    feed_api: respx.MockRouter, sleeps: list[float], body: dict[str, Any], error_class: Any
+) -> None:
+    # An unrecognised failure read as "no rows" would let an invoice expire unseen.
+    feed_api.get("/check-payment").respond(200, json=body)
+    async with client(max_retries=0) as feed:
+        if error_class is None:
+            batch = await feed.fetch()
+            assert len(batch) == len(body.get("data") or [])
+        else:
+            with pytest.raises(error_class):
+                await feed.fetch()
+
+
+async def test_a_date_out_of_range_costs_only_its_own_row(feed_api: respx.MockRouter) -> None:
+    zero = {**BASE_ROW, "issuer_reff": "", "date": "0001-01-01 00:00:00"}
+    batch = await fetch_rows(feed_api, [zero, BASE_ROW])
+    assert [m.issuer_reff for m in batch] == [BASE_ROW["issuer_reff"]]
+    assert "date" in batch.rejected[0].reason

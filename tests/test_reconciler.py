@@ -28,6 +28,7 @@ from qrispay import (
     InvoiceExpiredError,
     InvoicePaid,
     InvoiceStatus,
+    OutcomeUnknownError,
     PollPolicy,
     Reconciler,
     ReconcilerStoppedError,
@@ -600,6 +601,84 @@ async def test_create_invoice_needs_a_gateway_or_a_static_qris(world: World) -> 
     rec = world.reconciler(gateway=False)
     with pytest.raises(RuntimeError, match="static_qris"):
         await rec.create_invoice(10_000)
+
+
+async def test_re_entering_respects_the_cache_window(world: World) -> None:
+    rec = world.reconciler()
+    with anyio.fail_after(600):
+        async with rec:
+            await anyio.sleep(5)
+        async with rec:
+            await anyio.sleep(1)
+    assert len(world.transport.feed) == 2
+    assert world.transport.gaps()[0] >= INTERVAL - 1e-6
+
+
+async def test_a_slow_gateway_does_not_delay_the_next_fetch(world: World) -> None:
+    with anyio.fail_after(7200):
+        async with world.reconciler() as rec:
+            for i in range(8):
+                await rec.create_invoice(10_000 * (i + 1))
+            world.sandbox.faults.latency = 20.0
+            world.sandbox.faults.endpoints = frozenset({"invoice_status"})
+            await anyio.sleep(20 * 60)
+    gaps = world.transport.gaps()
+    assert max(gaps) <= INTERVAL + INTERVAL / 2 + 1e-6
+    assert rec.stats.events.get("InvoiceExpired") == 8
+
+
+async def test_after_stopping_waits_and_subscriptions_end_at_once(world: World) -> None:
+    rec = world.reconciler()
+    with anyio.fail_after(600):
+        async with rec:
+            invoice = await rec.create_invoice(17_000)
+        with pytest.raises(ReconcilerStoppedError):
+            await rec.wait_for_payment(invoice.invoice_id)
+        assert [event async for event in rec.events()] == []
+
+
+async def test_an_invoice_the_gateway_does_not_know_still_expires(world: World) -> None:
+    stranger = _invoice("not-at-the-gateway", 10_007)
+    stranger = attrs.evolve(stranger, expired_at=START + timedelta(minutes=5))
+    with anyio.fail_after(3600):
+        async with world.reconciler() as rec:
+            rec.track(stranger)
+            with pytest.raises(InvoiceExpiredError):
+                await rec.wait_for_payment(stranger.invoice_id)
+    assert rec.stats.gateway_checks == 1
+
+
+async def test_a_gateway_that_repeats_an_id_is_not_trusted(world: World) -> None:
+    with anyio.fail_after(600):
+        async with world.reconciler() as rec:
+            first = await rec.create_invoice(10_000)
+            original = world.gateway.create_invoice
+
+            async def same_id(amount: int) -> Invoice:
+                made = await original(amount)
+                return attrs.evolve(made, invoice_id=first.invoice_id)
+
+            world.gateway.create_invoice = same_id  # type: ignore[method-assign]
+            with pytest.raises(OutcomeUnknownError, match="already tracked"):
+                await rec.create_invoice(20_000)
+
+
+async def test_taken_invoices_are_cancelled_even_if_the_caller_gives_up(world: World) -> None:
+    engine = ReconciliationEngine(started_at=START)
+    engine.track(_invoice("old", 10_001), now=START)
+    engine.mark_paid("old", now=START)
+    world.sandbox.faults.latency = 5.0
+    world.sandbox.faults.endpoints = frozenset({"create_invoice"})
+    with anyio.fail_after(600):
+        async with world.reconciler(engine=engine) as rec:
+            with anyio.move_on_after(7):  # after the first creation, during the second
+                await rec.create_invoice(10_000)
+            await anyio.sleep(60)
+    statuses = {
+        world.sandbox.invoice(i)["total"]: world.sandbox.invoice(i)["status"]
+        for i in world.sandbox.invoice_ids()
+    }
+    assert statuses[10_001] == "expired"  # the taken one, cancelled
 
 
 def _invoice(invoice_id: str, total: int) -> Invoice:

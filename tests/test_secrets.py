@@ -219,3 +219,43 @@ async def test_transport_errors_that_print_the_url_are_scrubbed(
     for error in (read.value, create.value):
         for text in chain_texts(error):
             assert not leaks(text), text
+
+
+async def test_escaped_echoes_are_scrubbed(sleeps: list[float]) -> None:
+    import html
+    import json
+
+    import httpx
+    import respx
+
+    def echo_page(request: httpx.Request) -> httpx.Response:
+        # A framework's debug page (HTML-escaped) and a JSON echo with "\/".
+        if request.url.path == "/api/v1/balance":
+            return httpx.Response(500, text=f"<pre>{html.escape(repr(SECRET))}</pre>")
+        return httpx.Response(400, text=json.dumps({"apikey": SECRET}).replace("/", "\\/"))
+
+    with respx.mock(base_url="https://gw.test") as router:
+        router.route().mock(side_effect=echo_page)
+        async with GatewayClient(SECRET, base_url="https://gw.test", max_retries=0) as gw:
+            with pytest.raises(APIError) as page:
+                await gw.get_balance()
+            with pytest.raises(APIError) as echoed:
+                await gw.get_invoice("inv1")
+    for error in (page.value, echoed.value):
+        for text in chain_texts(error):
+            assert not leaks(text), text
+            assert "Zgekx7" not in text, text
+
+
+async def test_a_secret_cut_short_in_a_reason_is_not_left_behind() -> None:
+    import respx
+
+    token = "k3y'\\" + "Zgekx7TOUzmB0tEMc6GD8nipaRrVeryLongTokenValue"
+    row = {"date": "x" * 30 + token, "amount": 1, "issuer_reff": f"'{token}"}
+    with respx.mock(base_url="https://mutasiv1.autsc.my.id") as router:
+        router.get("/check-payment").respond(json={"status": "success", "data": [row]})
+        async with MutationClient(SECRET, "OK1", token) as feed:
+            batch = await feed.fetch()
+    text = repr(batch) + str(batch.rejected[0].reason)
+    assert "Zgekx7TOUz" not in text
+    assert "date" in batch.rejected[0].reason
