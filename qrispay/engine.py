@@ -71,6 +71,11 @@ class _Tracked:
         # cannot pay it, and are judged (late or duplicate) when it closes.
         self.waiting: list[Mutation] | None = None
 
+    def owed_until(self, skew: timedelta) -> datetime:
+        """The last row date an owed gateway report pairs with: its window's end,
+        or the report itself when that came later (the payment it saw came first)."""
+        return max(self.invoice.expired_at + skew, self.closed)
+
     @property
     def closed(self) -> datetime:
         """When it closed; only asked of a closed invoice."""
@@ -120,6 +125,9 @@ class ReconciliationEngine:
         # can be represented and reported as ambiguous instead of silently resolved.
         self._open_by_total: dict[int, list[_Tracked]] = {}
         self._closed_by_total: dict[int, list[_Tracked]] = {}
+        # The latest reservation of each closed total: (until, seq, invoice_id), so
+        # that allocating a total costs one lookup however many invoices closed.
+        self._reserved: dict[int, tuple[datetime, int, str]] = {}
         # Lazy heaps: entries of invoices closed by other means are skipped when popped.
         self._expiry: list[tuple[datetime, str]] = []
         self._expiry_stale = 0
@@ -354,24 +362,21 @@ class ReconciliationEngine:
         if fitting:
             return [AmbiguousCredit(row, tuple(record.invoice for record in fitting))]
 
-        closed = self._closed_by_total.get(row.amount, ())
-        # Checked after the open invoices: an owed pairing can only overlap an open
-        # invoice's window once its reservation is over, and a credit dated that late
-        # is the new customer's payment, not the old report's.
-        owed = [
-            record
-            for record in closed
-            if record.owed and record.start <= date <= record.invoice.expired_at + skew
-        ]
-        if owed:
-            max(owed, key=_Tracked.recency).owed = False
+        # Checked after the open invoices: an owed total stays reserved until no new
+        # invoice's window can reach its pairing range, so both never fit one row.
+        if self._pair_owed(row):
             return []
         if history:
             return []
         # Paid after the window of an invoice not yet closed (the loop closes it only
         # after a fetch past its window, often this very fetch): a late payment for
         # it, not an unmatched one, so its verdict waits for it to close.
-        past = [record for record in same_total if date > record.invoice.expired_at + skew]
+        late_grace = self._late_grace
+        past = [
+            record
+            for record in same_total
+            if record.invoice.expired_at + skew < date <= record.invoice.expired_at + late_grace
+        ]
         if past:
             waiting = max(past, key=_expiry_order)
             if waiting.waiting is None:
@@ -379,6 +384,19 @@ class ReconciliationEngine:
             waiting.waiting.append(row)
             return []
         return [self._judge_closed(row)]
+
+    def _pair_owed(self, row: Mutation) -> bool:
+        """Rule 8: the first credit inside an owed report's range is that payment."""
+        date, skew = row.date, self._skew
+        owed = [
+            record
+            for record in self._closed_by_total.get(row.amount, ())
+            if record.owed and record.start <= date <= record.owed_until(skew)
+        ]
+        if not owed:
+            return False
+        max(owed, key=_Tracked.recency).owed = False
+        return True
 
     def _judge_closed(self, row: Mutation) -> Event:
         """Rule 5: a credit of a closed invoice's total, or an unmatched one."""
@@ -395,7 +413,7 @@ class ReconciliationEngine:
 
     def _judge_waiting(self, record: _Tracked) -> list[Event]:
         waiting, record.waiting = record.waiting, None
-        return [self._judge_closed(row) for row in waiting or ()]
+        return [self._judge_closed(row) for row in waiting or () if not self._pair_owed(row)]
 
     def _chain(self, row: Mutation, history: bool) -> BalanceGap | None:
         if row.balance is None:
@@ -444,13 +462,26 @@ class ReconciliationEngine:
         opened = self._open_by_total.get(total)
         if opened:
             return opened[0].invoice.invoice_id
-        hold = self._late_grace + self._skew
-        reserved = [
-            record for record in self._closed_by_total.get(total, ()) if now <= record.closed + hold
-        ]
-        if reserved:
-            return max(reserved, key=_Tracked.recency).invoice.invoice_id
-        return None
+        reserved = self._reserved.get(total)
+        if reserved is None:
+            return None
+        if now > reserved[0]:
+            del self._reserved[total]
+            return None
+        return reserved[2]
+
+    def _reserve(self, record: _Tracked) -> None:
+        # Rule 6: late_grace + skew after closing. An owed gateway report keeps it
+        # longer, until no new invoice's window (which starts skew before it was
+        # made) can reach the report's pairing range: else a second customer's
+        # payment would be taken for the first one's.
+        until = record.closed + self._late_grace + self._skew
+        if record.owed:
+            until = max(until, record.owed_until(self._skew) + self._skew)
+        total = record.invoice.total
+        current = self._reserved.get(total)
+        if current is None or (until, record.seq) > current[:2]:
+            self._reserved[total] = (until, record.seq, record.invoice.invoice_id)
 
     def _add_open(self, record: _Tracked) -> None:
         invoice = record.invoice
@@ -495,10 +526,15 @@ class ReconciliationEngine:
     def _add_closed(self, record: _Tracked) -> None:
         invoice = record.invoice
         self._closed_by_total.setdefault(invoice.total, []).append(record)
+        self._reserve(record)
         # Kept while a row could still concern it (a late or duplicate payment, the
         # pairing of a gateway report) or its total is reserved; rows dated before
         # the horizon are ignored, so past that it can go.
-        keep_until = max(record.closed + self._late_grace, invoice.expired_at) + self._skew
+        keep_until = max(
+            record.closed + self._late_grace + self._skew,
+            invoice.expired_at + self._skew,
+            record.owed_until(self._skew) + self._skew,
+        )
         heapq.heappush(self._prune, (keep_until, record.seq, invoice.invoice_id))
 
     def _next_horizon(self, now: datetime) -> datetime:

@@ -299,7 +299,6 @@ def test_rule5_a_credit_after_the_window_of_an_open_invoice_waits_for_it_to_clos
     for close, expected in [
         (lambda e: e.expire(now=at(20)), ["InvoiceExpired", "LatePayment"]),
         (lambda e: e.cancel("inv-1", now=at(20)), ["InvoiceCancelled", "LatePayment"]),
-        (lambda e: e.mark_paid("inv-1", now=at(20)), ["InvoicePaid", "DuplicatePayment"]),
     ]:
         engine = tracked(invoice())
         assert engine.ingest([late], now=at(20)) == []
@@ -312,11 +311,41 @@ def test_rule5_a_credit_after_the_window_of_an_open_invoice_waits_for_it_to_clos
         assert engine.ingest([late], now=at(21)) == []
 
 
-def test_rule5_a_waiting_credit_past_the_late_grace_is_unmatched() -> None:
+def test_rule5_a_credit_past_the_late_grace_of_an_open_invoice_is_unmatched_at_once() -> None:
     engine = tracked(invoice())
     very_late = row(10_001, at(15) + GRACE + timedelta(minutes=1))
-    assert engine.ingest([very_late], now=at(90)) == []
-    assert kinds(engine.expire(now=at(90))) == ["InvoiceExpired", "UnmatchedCredit"]
+    assert kinds(engine.ingest([very_late], now=at(90))) == ["UnmatchedCredit"]
+    assert kinds(engine.expire(now=at(90))) == ["InvoiceExpired"]
+
+
+@pytest.mark.parametrize("row_first", [True, False])
+def test_rule8_a_report_pairs_with_its_payment_dated_after_the_window(row_first: bool) -> None:
+    # The gateway took a payment a little after the window and reported it: one
+    # payment, so no DuplicatePayment inviting a refund of the only money.
+    engine = tracked(invoice())
+    payment = row(10_001, at(15) + SKEW + timedelta(seconds=30))
+    if row_first:
+        assert engine.ingest([payment], now=at(18)) == []
+        assert kinds(engine.mark_paid("inv-1", now=at(18))) == ["InvoicePaid"]
+    else:
+        assert kinds(engine.mark_paid("inv-1", now=at(18))) == ["InvoicePaid"]
+        assert engine.ingest([payment], now=at(19)) == []
+    second = row(10_001, at(19))
+    assert kinds(engine.ingest([second], now=at(20))) == ["DuplicatePayment"]
+
+
+def test_rule6_an_owed_report_keeps_its_total_until_no_new_window_can_reach_it() -> None:
+    # A long-lived invoice reported paid early: its pairing range runs to its
+    # expiry, so its total must not go to a new invoice before then, or the new
+    # customer's second payment would be swallowed by the old report.
+    engine = make_engine(late_grace=timedelta(minutes=5))
+    engine.track(invoice(expires=at(24 * 60)), now=T0)
+    engine.mark_paid("inv-1", now=at(2))
+    assert engine.unique_total(10_000, now=at(10)) == 10_002
+    with pytest.raises(TotalConflictError):
+        engine.track(invoice("inv-2", expires=at(30), created=at(10)), now=at(10))
+    later = at(24 * 60) + 2 * SKEW + US
+    assert engine.unique_total(10_000, now=later) == 10_001
 
 
 def test_rule4_window_starts_at_tracking_time_when_created_at_is_unknown() -> None:

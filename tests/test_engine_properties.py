@@ -164,13 +164,20 @@ class Run:
             self.windows[tracked.invoice_id] = (created - SKEW, tracked.expired_at + SKEW)
             if tracked.status == InvoiceStatus.PAID:
                 self.gateway_paid.append(tracked)
+                self._reported(tracked.invoice_id)
         if name == "ingest":
             self.fed += [self.rows[i] for i in arg]
         for event in result:
             if isinstance(event, InvoicePaid) and event.source == "gateway":
                 self.gateway_paid.append(event.invoice)
+                self._reported(event.invoice.invoice_id)
         self.events += result
         return result
+
+    def _reported(self, invoice_id: str) -> None:
+        # A report pairs with its payment up to the report itself (rule 8).
+        start, end = self.windows[invoice_id]
+        self.windows[invoice_id] = (start, max(end, self.now))
 
 
 @FAST
