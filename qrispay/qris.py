@@ -303,7 +303,10 @@ def parse_template(value: str) -> tuple[tuple[str, str], ...]:
     return _tokenize(value, "template")
 
 
-def to_dynamic(payload: str, amount: int) -> str:
+_TIP_TAGS = frozenset({"55", "56", "57"})
+
+
+def to_dynamic(payload: str, amount: int, *, keep_tip: bool = False) -> str:
     """Turn a QRIS payload into a dynamic one for ``amount`` rupiah.
 
     The payload is parsed and its CRC checked first. Tag 01 becomes ``"12"``
@@ -311,6 +314,10 @@ def to_dynamic(payload: str, amount: int) -> str:
     placed before the first top-level tag above 54, and the CRC is computed
     afresh. Every other data object keeps its value and its place; the
     payload is rebuilt from its data objects, never edited as text.
+
+    The tip and convenience-fee tags (55, 56, 57) are dropped unless
+    ``keep_tip=True``: they let the payer pay more than ``amount``, and a
+    payment is matched on its exact total.
 
     ``amount`` must be an ``int`` (not a ``bool``) from 1 to 9 999 999 999 999
     (tag 54 holds at most 13 characters); anything else raises
@@ -328,7 +335,7 @@ def to_dynamic(payload: str, amount: int) -> str:
     parsed = parse(payload)
     tags: list[tuple[str, str]] = []
     for tag, value in parsed.tags:
-        if tag in (_TAG_AMOUNT, _TAG_CRC):
+        if tag in (_TAG_AMOUNT, _TAG_CRC) or (tag in _TIP_TAGS and not keep_tip):
             continue
         tags.append((tag, _DYNAMIC) if tag == _TAG_INITIATION else (tag, value))
     if parsed.get(_TAG_INITIATION) is None:

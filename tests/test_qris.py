@@ -509,9 +509,11 @@ def test_to_dynamic_properties(generated: tuple[str, list[tuple[str, str]]], amo
     assert dynamic.startswith("000201")
     assert split_tlv(dynamic) == list(payload.tags)
 
-    # Every other data object keeps its value and its order.
+    # Every other data object keeps its value and its order; tip tags are dropped.
     def others(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        return [(t, v) for t, v in items if t not in ("01", "54", "63")]
+        return [(t, v) for t, v in items if t not in ("01", "54", "55", "56", "57", "63")]
+
+    assert not {"55", "56", "57"} & {tag for tag, _ in payload.tags}
 
     assert others(list(payload.tags)) == others(objects)
 
@@ -520,7 +522,7 @@ def test_to_dynamic_properties(generated: tuple[str, list[tuple[str, str]]], amo
     in_tags = [tag for tag, _ in objects]
     if "01" in in_tags:
         without_54 = [t for t in out_tags if t not in ("54", "63")]
-        assert without_54 == [t for t in in_tags if t != "54"]
+        assert without_54 == [t for t in in_tags if t not in ("54", "55", "56", "57")]
     else:
         assert out_tags[1] == "01"
 
@@ -561,3 +563,26 @@ def test_any_truncation_is_refused(
     cut = data.draw(st.integers(1, len(text)))
     with pytest.raises(qris.QrisError):
         qris.parse(text[:-cut])
+
+
+def test_to_dynamic_drops_tip_tags_unless_asked() -> None:
+    core = (
+        tlv("00", "01")
+        + tlv("01", "11")
+        + tlv("26", tlv("00", "ID.CO.QRIS.WWW"))
+        + tlv("52", "5812")
+        + tlv("53", "360")
+        + tlv("55", "02")
+        + tlv("56", "500")
+        + tlv("58", "ID")
+        + tlv("59", "TOKO")
+        + tlv("60", "JAKARTA")
+        + "6304"
+    )
+    static = with_crc(core[:-4])
+    dropped = qris.parse(qris.to_dynamic(static, 25_001))
+    assert dropped.get("55") is None
+    assert dropped.get("56") is None
+    assert dropped.amount == 25_001
+    kept = qris.parse(qris.to_dynamic(static, 25_001, keep_tip=True))
+    assert (kept.get("55"), kept.get("56")) == ("02", "500")
