@@ -8,11 +8,13 @@ exception, repr and log record, httpx's own included.
 from __future__ import annotations
 
 import email.utils
+import functools
 import html
 import json
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from datetime import timezone
@@ -152,6 +154,13 @@ def _install_log_scrubber() -> None:
 
 
 _install_log_scrubber()
+
+
+@functools.cache
+def _default_tls() -> ssl.SSLContext:
+    # Building a verifying TLS context costs tens of milliseconds; one shared,
+    # never modified, keeps a process with many merchants' clients cheap to start.
+    return httpx.create_ssl_context()
 
 
 async def _sleep(seconds: float) -> None:
@@ -353,6 +362,7 @@ class HTTPCore:
             self._client = httpx.AsyncClient(
                 timeout=self.timeout,
                 transport=self._transport,
+                verify=_default_tls(),
                 headers={"User-Agent": f"qrispay/{__version__}"},
             )
         return self._client
