@@ -147,7 +147,8 @@ class Mutation:
     buyer_reff: str
     balance: int | None
     raw_type: str | None = attrs.field(default=None, kw_only=True, eq=False, repr=False)
-    _key: str = attrs.field(init=False, eq=False, repr=False)
+    # A field, not a property: it is read once per row on every poll.
+    key: str = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         key = self.issuer_reff
@@ -158,11 +159,7 @@ class Mutation:
                 f"|{self.amount}|{self.type.value}|{self.brand_name}|{self.buyer_reff}"
                 f"|{'' if self.balance is None else self.balance}"
             )
-        object.__setattr__(self, "_key", key)
-
-    @property
-    def key(self) -> str:
-        return self._key
+        object.__setattr__(self, "key", key)
 
     @property
     def is_credit(self) -> bool:

@@ -71,6 +71,8 @@ class MutationClient:
         # read from: most of each poll is rows already read, and an equal raw
         # row gives an equal model, so it is reused instead of read again.
         self._known: dict[str, tuple[dict[str, Any], Mutation]] = {}
+        # The last answer's raw rows and what each was read as, in order.
+        self._last: tuple[list[Any], list[Mutation | RejectedRow]] = ([], [])
 
     @property
     def base_url(self) -> str:
@@ -136,28 +138,42 @@ class MutationClient:
         raise self._shape_error(f"status is {status!r}, not 'success'", body)
 
     def _read_rows(self, data: list[Any]) -> MutationBatch:
-        known = self._known
-        fresh: dict[str, tuple[dict[str, Any], Mutation]] = {}
-        rows: list[Mutation] = []
-        rejected: list[RejectedRow] = []
-        for raw in data:
-            ref = raw.get("issuer_reff") if type(raw) is dict else None
-            if type(ref) is str and ref:
-                hit = known.get(ref)
-                if hit is not None and hit[0] == raw:
-                    fresh[ref] = hit
-                    rows.append(hit[1])
-                    continue
-            try:
-                row = self._scrubbed(mutation_from_row(raw))
-            except ValueError as exc:
-                rejected.append(self._rejection(raw, exc))
-                continue
-            if type(ref) is str and ref:
-                fresh[ref] = (raw, row)
-            rows.append(row)
-        self._known = fresh
-        return MutationBatch(tuple(rows), tuple(rejected))
+        # Most of an answer is the previous answer's rows, one run shifted by the
+        # rows that arrived since: one list comparison (in C) finds that run, and
+        # its rows are reused as they were read. The rest are read one by one.
+        before, read_before = self._last
+        start, count = _shared_run(before, data)
+        items = [self._read_one(raw) for raw in data[:start]]
+        items += read_before[:count]
+        items += [self._read_one(raw) for raw in data[start + count :]]
+        self._last = (data, items)
+        if len(self._known) > 2 * len(data) + 64:
+            # Forget rows that left the feed.
+            self._known = {
+                item.issuer_reff: self._known[item.issuer_reff]
+                for item in items
+                if type(item) is Mutation and item.issuer_reff in self._known
+            }
+        rows = tuple([item for item in items if type(item) is Mutation])
+        if len(rows) == len(items):
+            return MutationBatch(rows)
+        return MutationBatch(rows, tuple([i for i in items if type(i) is RejectedRow]))
+
+    def _read_one(self, raw: Any) -> Mutation | RejectedRow:
+        # A row read before (by reference) and unchanged is reused as it was.
+        try:
+            hit = self._known[raw["issuer_reff"]]
+        except (KeyError, TypeError, IndexError):
+            hit = None
+        if hit is not None and hit[0] == raw:
+            return hit[1]
+        try:
+            row = self._scrubbed(mutation_from_row(raw))
+        except ValueError as exc:
+            return self._rejection(raw, exc)
+        if row.issuer_reff and raw.get("issuer_reff") == row.issuer_reff:
+            self._known[row.issuer_reff] = (raw, row)
+        return row
 
     def _rejection(self, raw: Any, error: ValueError) -> RejectedRow:
         redactor = self._core.redactor
@@ -188,3 +204,18 @@ class MutationClient:
             method="GET",
             path=self.path,
         )
+
+
+def _shared_run(before: list[Any], now: list[Any]) -> tuple[int, int]:
+    """Where the previous answer's rows start again in this one, and how many of
+    them are there unchanged: ``now[start:start + count] == before[:count]``."""
+    if not before or not now:
+        return 0, 0
+    newest = before[0]
+    for start, raw in enumerate(now):
+        if raw == newest:
+            count = min(len(before), len(now) - start)
+            if now[start : start + count] == before[:count]:
+                return start, count
+            return 0, 0
+    return 0, 0

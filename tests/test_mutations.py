@@ -409,3 +409,28 @@ async def test_a_date_out_of_range_costs_only_its_own_row(feed_api: respx.MockRo
     batch = await fetch_rows(feed_api, [zero, BASE_ROW])
     assert [m.issuer_reff for m in batch] == [BASE_ROW["issuer_reff"]]
     assert "date" in batch.rejected[0].reason
+
+
+async def test_a_shifted_answer_reuses_every_row_read_before(feed_api: respx.MockRouter) -> None:
+    def row(n: int) -> dict[str, Any]:
+        return {**BASE_ROW, "issuer_reff": f"r{n}", "balance": 50000 + n}
+
+    bad = {"date": "kemarin", "amount": 1}
+    first = [row(3), bad, row(2), row(1)]
+    second = [row(5), row(4), *first[:-1]]  # two new rows; the oldest fell off
+    third = [row(5), row(4), row(3), bad, {**row(2), "amount": 7}]  # a row changed
+    answers = iter([first, second, third])
+    feed_api.get("/check-payment").mock(
+        side_effect=lambda request: httpx.Response(
+            200, json={"status": "success", "data": next(answers)}
+        )
+    )
+    async with client() as feed:
+        one, two, three = await feed.fetch(), await feed.fetch(), await feed.fetch()
+    assert [m.issuer_reff for m in two] == ["r5", "r4", "r3", "r2"]
+    assert two[2] is one[0]
+    assert two[3] is one[1]
+    assert two.rejected[0] is one.rejected[0]
+    assert three[2] is one[0]
+    assert three[3].amount == 7
+    assert three[3] is not one[1]
