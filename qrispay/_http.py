@@ -52,18 +52,12 @@ Transport = httpx.AsyncBaseTransport
 #: connect 5 s; read, write and pool 30 s.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
-SECRET_PARAMS = ("apikey", "auth", "token")
 MASK = "***"
 
 # Whatever the value, a query parameter with a secret's name is masked. This
 # also covers URLs of clients we do not know about (another SDK instance,
 # a secret never registered).
 _SECRET_QUERY = re.compile(r"(?i)\b(apikey|auth|token)(=|%3D)[^&\s\"'#<>]*")
-
-# Secrets of every live client, so log records can be scrubbed by value too.
-# A count per secret: two clients may share one key.
-_live_secrets: dict[str, int] = {}
-
 
 _ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
@@ -117,6 +111,32 @@ class Redactor:
         return value
 
 
+class _LiveSecrets:
+    """The secrets of every open client, so log records can be scrubbed by value
+    too. Counted: two clients may share one key."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self.redactor = Redactor(())
+
+    def add(self, secrets: Iterable[str]) -> None:
+        for secret in secrets:
+            self._counts[secret] = self._counts.get(secret, 0) + 1
+        self.redactor = Redactor(self._counts)
+
+    def remove(self, secrets: Iterable[str]) -> None:
+        for secret in secrets:
+            left = self._counts.get(secret, 0) - 1
+            if left > 0:
+                self._counts[secret] = left
+            else:
+                self._counts.pop(secret, None)
+        self.redactor = Redactor(self._counts)
+
+
+_live_secrets = _LiveSecrets()
+
+
 class _LogScrubber(logging.Filter):
     """Masks secrets in records of httpx and httpcore without silencing them."""
 
@@ -125,7 +145,7 @@ class _LogScrubber(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken record is the logging module's to report
             return True
-        redactor = Redactor(_live_secrets)
+        redactor = _live_secrets.redactor
         if redactor.contains_secret(message) or _SECRET_QUERY.search(message):
             record.msg = redactor.scrub(message)
             record.args = ()
@@ -350,9 +370,7 @@ class HTTPCore:
         self._owns_client = http_client is None
         self._closed = False
         self._random = random.Random()
-        for secret in self._secrets.values():
-            _live_secrets[secret] = _live_secrets.get(secret, 0) + 1
-        self._registered = True
+        _live_secrets.add(self._secrets.values())
 
     def _http(self) -> httpx.AsyncClient:
         if self._closed:
@@ -371,14 +389,7 @@ class HTTPCore:
         if self._closed:
             return
         self._closed = True
-        if self._registered:
-            self._registered = False
-            for secret in self._secrets.values():
-                left = _live_secrets.get(secret, 0) - 1
-                if left > 0:
-                    _live_secrets[secret] = left
-                else:
-                    _live_secrets.pop(secret, None)
+        _live_secrets.remove(self._secrets.values())
         if self._owns_client and self._client is not None:
             await self._client.aclose()
 
