@@ -1199,6 +1199,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = cast(TextIO, _Scrubbed(sys.stdout, redactor))
         err = cast(TextIO, _Scrubbed(sys.stderr, redactor))
     ctx = _Ctx(json=args.json, out=out, err=err, style=Style(wants_colour(sys.stdout)))
+    try:
+        return _run(args, ctx, out, err)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace, ctx: _Ctx, out: TextIO, err: TextIO) -> int:
     with _warnings_to(err):
         try:
             if args.asynchronous:
@@ -1210,6 +1221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaseException as error:
             if isinstance(error, SystemExit):
                 raise
+            if any(isinstance(leaf, BrokenPipeError) for leaf in _leaves(error)):
+                raise BrokenPipeError from None
             return _report(error, err)
 
 

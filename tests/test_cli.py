@@ -719,6 +719,9 @@ def test_sandbox_stops_on_ctrl_c() -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A shell running the suite in the background ignores SIGINT, and the child
+        # would inherit that: give it Ctrl-C back, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None
@@ -736,6 +739,29 @@ def test_sandbox_stops_on_ctrl_c() -> None:
 
 
 # -- QRIS payloads ----------------------------------------------------------------------
+
+
+def test_a_closed_pipe_is_not_a_traceback() -> None:
+    # `qrispay ... | head -1`: the reader goes away; that is not an error of ours.
+    child = (
+        "import os, sys\n"
+        "read, write = os.pipe()\n"
+        "os.close(read)\n"
+        "os.dup2(write, 1)\n"
+        "from qrispay import cli\n"
+        "code = cli.main(['qris', 'show', sys.argv[1]])\n"
+        "print('exit', code, file=sys.stderr)\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", child, STATIC],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in process.stderr
+    assert "exit 1" in process.stderr
+    assert process.returncode == 0
 
 
 def test_qris_show(capsys: pytest.CaptureFixture[str]) -> None:
