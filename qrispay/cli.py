@@ -56,7 +56,7 @@ from .errors import (
 )
 from .events import Event
 from .gateway import GatewayClient
-from .models import Invoice, Withdrawal
+from .models import Invoice, InvoiceStatus, Withdrawal
 from .mutations import DEFAULT_FEED_URL, MutationClient
 
 __all__ = [
@@ -500,7 +500,10 @@ async def _watch(args: argparse.Namespace, ctx: _Ctx, state: _WatchState) -> int
         for invoice_id in args.invoice:
             assert gateway is not None
             invoice = await gateway.get_invoice(invoice_id)
-            rec.track(invoice)  # before the first fetch, so a payment made already counts
+            # Watched as pending whatever the gateway says now, so an invoice paid
+            # or expired already still gets its event: its feed row (or, with the
+            # gateway, the expiry check) settles it on the first polls.
+            rec.track(attrs.evolve(invoice, status=InvoiceStatus.PENDING))
             invoices.append(invoice)
         subscription = rec.events()
 

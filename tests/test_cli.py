@@ -505,6 +505,28 @@ def test_watch_reports_a_payment(served: Sandbox, capsys: pytest.CaptureFixture[
     assert "Stopped after" in err
 
 
+def test_watch_reports_an_invoice_paid_before_it_started(
+    served: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoice = served.create_invoice(26_000)
+    served.pay(invoice["total"])
+    code, out, err = run(
+        capsys,
+        "watch",
+        "--json",
+        "--ttl",
+        "0.5",
+        "--duration",
+        "1.2",
+        "--invoice",
+        invoice["invoice_id"],
+    )
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [event["event"] for event in events] == ["InvoicePaid"]
+    assert events[0]["invoice"]["invoice_id"] == invoice["invoice_id"]
+
+
 def test_watch_text(served: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     invoice = served.create_invoice(10_000)
     payment = after_first_fetch(served, lambda: served.pay(invoice["total"]))
