@@ -117,12 +117,20 @@ class _LiveSecrets:
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
-        self.redactor = Redactor(())
+        self._redactor: Redactor | None = None
+
+    @property
+    def redactor(self) -> Redactor:
+        # Built when a record needs it, not on every open: rebuilding over every
+        # live secret per client made opening N clients cost O(N^2).
+        if self._redactor is None:
+            self._redactor = Redactor(self._counts)
+        return self._redactor
 
     def add(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
             self._counts[secret] = self._counts.get(secret, 0) + 1
-        self.redactor = Redactor(self._counts)
+        self._redactor = None
 
     def remove(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
@@ -131,7 +139,7 @@ class _LiveSecrets:
                 self._counts[secret] = left
             else:
                 self._counts.pop(secret, None)
-        self.redactor = Redactor(self._counts)
+        self._redactor = None
 
 
 _live_secrets = _LiveSecrets()
