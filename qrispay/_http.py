@@ -18,7 +18,7 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping
 from datetime import timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
 import anyio
@@ -332,6 +332,29 @@ class _Call:
         return error
 
 
+class ClientBase:
+    """What both SDK clients share around their ``HTTPCore``: the lifecycle."""
+
+    _core: HTTPCore
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    async def __aenter__(self: _C) -> _C:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client this object made (never one passed in)."""
+        await self._core.aclose()
+
+
+_C = TypeVar("_C", bound=ClientBase)
+
+
 class _Retry(Exception):
     """Internal: this attempt failed in a way a read may retry."""
 
@@ -600,9 +623,16 @@ class HTTPCore:
             return RateLimitError(message, retry_after=None, **common)
         return cls(message, **common)
 
-    def safe_repr(self, value: Any) -> str:
-        """A short repr of a decoded body, scrubbed before it is cut."""
-        return self.redactor.scrub(repr(self.redactor.scrub_obj(value)))[:EXCERPT_CHARS]
+    def shape_error(self, why: str, body: Any, *, method: str, path: str) -> ResponseDecodeError:
+        """A decoded answer not of the documented shape: the reason, and a short
+        excerpt of the body, scrubbed before it is cut."""
+        excerpt = self.redactor.scrub(repr(self.redactor.scrub_obj(body)))[:EXCERPT_CHARS]
+        return ResponseDecodeError(
+            self.redactor.scrub(f"unexpected answer: {why}"),
+            excerpt=excerpt,
+            method=method,
+            path=path,
+        )
 
     def _transport_error(
         self, exc: BaseException, method: str, path: str, *, deadline: bool = False

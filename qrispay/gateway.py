@@ -96,7 +96,7 @@ def _unwrap(body: Any) -> Any:
     return body
 
 
-class GatewayClient:
+class GatewayClient(_http.ClientBase):
     """Async client of the payment gateway.
 
     ::
@@ -138,22 +138,8 @@ class GatewayClient:
             transport=transport,
         )
 
-    @property
-    def base_url(self) -> str:
-        return self._core.base_url
-
     def __repr__(self) -> str:
         return f"GatewayClient(base_url={self.base_url!r}, api_key='***')"
-
-    async def __aenter__(self) -> GatewayClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client this object made (never one passed in)."""
-        await self._core.aclose()
 
     # -- reads -----------------------------------------------------------
 
@@ -345,12 +331,7 @@ class GatewayClient:
             ) from exc
 
     def _decode_error(self, why: str, body: Any, path: str, method: str) -> ResponseDecodeError:
-        return ResponseDecodeError(
-            self._core.redactor.scrub(f"unexpected answer: {why}"),
-            excerpt=self._core.safe_repr(body),
-            method=method,
-            path=path,
-        )
+        return self._core.shape_error(why, body, method=method, path=path)
 
 
 @attrs.frozen

@@ -18,7 +18,7 @@ DEFAULT_FEED_URL = "https://mutasiv1.autsc.my.id"
 _TEXT_FIELDS = ("qris", "brand_name", "issuer_reff", "buyer_reff")
 
 
-class MutationClient:
+class MutationClient(_http.ClientBase):
     """Async client of the check-payment feed (the merchant's recent mutations).
 
     ::
@@ -75,10 +75,6 @@ class MutationClient:
         self._last: tuple[list[Any], list[Mutation | RejectedRow]] = ([], [])
 
     @property
-    def base_url(self) -> str:
-        return self._core.base_url
-
-    @property
     def max_retries(self) -> int:
         return self._core.max_retries
 
@@ -87,16 +83,6 @@ class MutationClient:
             f"MutationClient(merchant={self.merchant!r}, base_url={self.base_url!r}, "
             "auth='***', token='***')"
         )
-
-    async def __aenter__(self) -> MutationClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client this object made (never one passed in)."""
-        await self._core.aclose()
 
     async def fetch(self, *, max_retries: int | None = None) -> MutationBatch:
         """The feed's current answer: readable rows in server order, and rejects.
@@ -198,12 +184,7 @@ class MutationClient:
         return attrs.evolve(row, **changes) if changes else row
 
     def _shape_error(self, why: str, body: Any) -> ResponseDecodeError:
-        return ResponseDecodeError(
-            self._core.redactor.scrub(f"unexpected feed answer: {why}"),
-            excerpt=self._core.safe_repr(body),
-            method="GET",
-            path=self.path,
-        )
+        return self._core.shape_error(why, body, method="GET", path=self.path)
 
 
 def _shared_run(before: list[Any], now: list[Any]) -> tuple[int, int]:

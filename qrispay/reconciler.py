@@ -325,7 +325,7 @@ class Reconciler:
         self.stats.rows_seen += len(batch)
         self.stats.rows_rejected += len(batch.rejected)
         self._publish(self.engine.ingest(batch, now=now))
-        await self._expire_due(fetch_started)
+        self._expire_due(fetch_started)
         return None
 
     def _failed(self, error: BaseException, *, rate_limited: bool = False) -> None:
@@ -343,7 +343,7 @@ class Reconciler:
             exc_info=not isinstance(error, QrispayError),
         )
 
-    async def _expire_due(self, fetch_started: datetime) -> None:
+    def _expire_due(self, fetch_started: datetime) -> None:
         engine = self.engine
         # `now` for expire() is the fetch's start minus skew, so an invoice closes
         # only if this fetch started after its expired_at + skew.
