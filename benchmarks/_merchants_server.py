@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import uvicorn
 
 from qrispay.sandbox import Sandbox
+from qrispay.sandbox._server import _config
 
 PAYMENTS_PER_SECOND = 20
 
@@ -77,17 +78,7 @@ def main() -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(4096)  # before the URL is printed, so the first connection finds it
-    config = uvicorn.Config(
-        router,
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        ws="none",
-        http="h11",
-        loop="asyncio",
-        backlog=4096,
-    )
+    config = _config(router, backlog=4096)  # the sandbox server's own settings
     threading.Thread(target=router.pay_forever, daemon=True).start()
     print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
