@@ -9,13 +9,15 @@ health of the feed.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import ClassVar, TypeAlias
 
 import attrs
 
 from .models import Invoice, Mutation, RejectedRow
 
 __all__ = [
+    "CREDIT_VERDICTS",
+    "EVENT_KINDS",
     "AmbiguousCredit",
     "BalanceGap",
     "DuplicatePayment",
@@ -39,6 +41,8 @@ class InvoicePaid:
     is None, and the feed row that arrives later is paired with it silently).
     """
 
+    kind: ClassVar[str] = "invoice.paid"
+
     invoice: Invoice
     mutation: Mutation | None
     source: str
@@ -48,6 +52,8 @@ class InvoicePaid:
 class InvoiceExpired:
     """The invoice expired unpaid. ``invoice`` has status ``EXPIRED``."""
 
+    kind: ClassVar[str] = "invoice.expired"
+
     invoice: Invoice
 
 
@@ -55,6 +61,8 @@ class InvoiceExpired:
 class InvoiceCancelled:
     """The invoice was cancelled unpaid. ``invoice`` has status ``EXPIRED``, as the
     gateway reports a cancelled invoice."""
+
+    kind: ClassVar[str] = "invoice.cancelled"
 
     invoice: Invoice
 
@@ -65,6 +73,8 @@ class LatePayment:
     cancelled, within the late grace after it closed. The money arrived but the
     invoice is not paid: refund it, or honour it by hand."""
 
+    kind: ClassVar[str] = "payment.late"
+
     invoice: Invoice
     mutation: Mutation
 
@@ -73,6 +83,8 @@ class LatePayment:
 class DuplicatePayment:
     """A second credit of the total of an invoice that is already paid, within
     the late grace after it was paid. The customer probably paid twice."""
+
+    kind: ClassVar[str] = "payment.duplicate"
 
     invoice: Invoice
     mutation: Mutation
@@ -83,6 +95,8 @@ class UnmatchedCredit:
     """A credit that fits no invoice: no invoice, open or recently closed, has
     this total at this date."""
 
+    kind: ClassVar[str] = "payment.unmatched"
+
     mutation: Mutation
 
 
@@ -92,6 +106,8 @@ class AmbiguousCredit:
     person must decide. Unique totals make this impossible unless the engine's
     state was changed from outside (for instance a hand-edited snapshot)."""
 
+    kind: ClassVar[str] = "payment.ambiguous"
+
     mutation: Mutation
     candidates: tuple[Invoice, ...]
 
@@ -100,12 +116,16 @@ class AmbiguousCredit:
 class UnknownRow:
     """A feed row whose type is neither credit nor debit. It is never matched."""
 
+    kind: ClassVar[str] = "feed.unknown_row"
+
     mutation: Mutation
 
 
 @attrs.frozen
 class RejectedRows:
     """Feed rows that could not be read (each with the reason), reported once."""
+
+    kind: ClassVar[str] = "feed.rejected_rows"
 
     rows: tuple[RejectedRow, ...]
 
@@ -115,6 +135,8 @@ class BalanceGap:
     """The balance after ``after`` does not follow from the balance after
     ``before``: rows fell off the feed between two polls, and ``missing`` is
     their net amount (negative when money went out, e.g. a missing debit)."""
+
+    kind: ClassVar[str] = "feed.balance_gap"
 
     before: Mutation
     after: Mutation
@@ -132,4 +154,31 @@ Event: TypeAlias = (
     | UnknownRow
     | RejectedRows
     | BalanceGap
+)
+
+#: Every event class by its kind (the ``type`` of an event in JSON).
+EVENT_KINDS: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        InvoicePaid,
+        InvoiceExpired,
+        InvoiceCancelled,
+        LatePayment,
+        DuplicatePayment,
+        UnmatchedCredit,
+        AmbiguousCredit,
+        UnknownRow,
+        RejectedRows,
+        BalanceGap,
+    )
+}
+
+#: The verdicts a credit row can end in: exactly one for every credit that is
+#: neither history nor the silent confirmation of a gateway report.
+CREDIT_VERDICTS: tuple[type[Event], ...] = (
+    InvoicePaid,
+    AmbiguousCredit,
+    LatePayment,
+    DuplicatePayment,
+    UnmatchedCredit,
 )
