@@ -26,6 +26,8 @@ from .errors import (
     TotalConflictError,
 )
 from .events import (
+    CREDIT_VERDICTS,
+    EVENT_KINDS,
     AmbiguousCredit,
     BalanceGap,
     DuplicatePayment,
@@ -71,8 +73,10 @@ __all__ = [
     "Balance",
     "BalanceGap",
     "CancelResult",
+    "CREDIT_VERDICTS",
     "DuplicatePayment",
     "Event",
+    "EVENT_KINDS",
     "EventsOverflowError",
     "EventSubscription",
     "GatewayClient",
