@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import attrs
 
 from . import _http
+from ._checks import (
+    check_account_name,
+    check_account_number,
+    check_amount,
+    check_at_least,
+    check_id,
+)
 from ._convert import structure
-from .errors import OutcomeUnknownError, ResponseDecodeError
+from ._wire import GATEWAY_PATHS
+from .errors import ResponseDecodeError
 from .models import (
     Balance,
     CancelResult,
@@ -33,56 +40,13 @@ _ID_FIELDS = ("invoice_id", "withdraw_id")
 class GatewayEndpoints:
     """The gateway's paths. Only cancel is documented; override any of them."""
 
-    balance: str = "/api/v1/balance"
-    create_invoice: str = "/api/v1/invoice/create"
-    invoice_status: str = "/api/v1/invoice/status"
-    cancel_invoice: str = "/api/v1/invoice/cancel"
-    create_withdrawal: str = "/api/v1/withdraw"
-    withdrawal_status: str = "/api/v1/withdraw/status"
-    withdrawal_history: str = "/api/v1/withdraw/history"
-
-
-class _BadArgument(TypeError, ValueError):
-    """A wrong type: both a TypeError (Python's convention) and a ValueError
-    (what API.md promises for client-side validation)."""
-
-
-def _check_amount(amount: object) -> int:
-    if type(amount) is not int:
-        raise _BadArgument(f"amount must be an int of rupiah, not {type(amount).__name__}")
-    if amount <= 0:
-        raise ValueError(f"amount must be positive, not {amount}")
-    return amount
-
-
-def _check_id(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise _BadArgument(f"{name} must be a str, not {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"{name} must not be empty")
-    return value
-
-
-_DANA_NUMBER = re.compile(r"(?:08|628)[0-9]{7,13}", re.ASCII)
-
-
-def _check_account_number(value: object) -> str:
-    if not isinstance(value, str):
-        raise _BadArgument(f"account_number must be a str, not {type(value).__name__}")
-    if not (10 <= len(value) <= 15 and _DANA_NUMBER.fullmatch(value)):
-        raise ValueError(
-            "account_number must be a DANA phone number: digits only, 10 to 15 long, "
-            "starting 08 or 628"
-        )
-    return value
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if type(value) is not int:
-        raise _BadArgument(f"{name} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, not {value}")
-    return value
+    balance: str = GATEWAY_PATHS["balance"][1]
+    create_invoice: str = GATEWAY_PATHS["create_invoice"][1]
+    invoice_status: str = GATEWAY_PATHS["invoice_status"][1]
+    cancel_invoice: str = GATEWAY_PATHS["cancel_invoice"][1]
+    create_withdrawal: str = GATEWAY_PATHS["create_withdrawal"][1]
+    withdrawal_status: str = GATEWAY_PATHS["withdrawal_status"][1]
+    withdrawal_history: str = GATEWAY_PATHS["withdrawal_history"][1]
 
 
 def _unwrap(body: Any) -> Any:
@@ -123,20 +87,12 @@ class GatewayClient(_http.ClientBase):
         transport: _http.Transport | None = None,
         deadline: float | None = None,
     ):
-        if not isinstance(api_key, str) or not api_key:
-            raise ValueError("api_key must be a non-empty str")
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError("base_url must be an http:// or https:// URL")
-        self.endpoints = endpoints
-        self._core = _http.HTTPCore(
-            base_url=base_url,
+        super().__init__(
+            _http.Connection(base_url, timeout, max_retries, http_client, transport, deadline),
+            credentials={"api_key": api_key},
             secrets={"apikey": api_key},
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
-            http_client=http_client,
-            transport=transport,
         )
+        self.endpoints = endpoints
 
     def __repr__(self) -> str:
         return f"GatewayClient(base_url={self.base_url!r}, api_key='***')"
@@ -150,7 +106,7 @@ class GatewayClient(_http.ClientBase):
 
     async def get_invoice(self, invoice_id: str) -> Invoice:
         """An invoice's current state (``pending``, ``paid``, ``expired``)."""
-        _check_id(invoice_id, "invoice_id")
+        check_id(invoice_id, "invoice_id")
         path = self.endpoints.invoice_status
         body = _unwrap(await self._read("get_invoice", path, {"invoice_id": invoice_id}))
         if isinstance(body, dict):
@@ -159,7 +115,7 @@ class GatewayClient(_http.ClientBase):
 
     async def get_withdrawal(self, withdraw_id: str) -> Withdrawal:
         """A withdrawal's real-time status."""
-        _check_id(withdraw_id, "withdraw_id")
+        check_id(withdraw_id, "withdraw_id")
         path = self.endpoints.withdrawal_status
         body = _unwrap(await self._read("get_withdrawal", path, {"withdraw_id": withdraw_id}))
         if isinstance(body, dict):
@@ -174,8 +130,8 @@ class GatewayClient(_http.ClientBase):
         status: WithdrawalStatus | str | None = None,
     ) -> WithdrawalPage:
         """One page of the withdrawal history, newest first, optionally by status."""
-        _check_positive_int(page, "page")
-        _check_positive_int(limit, "limit")
+        check_at_least(page, "page", 1)
+        check_at_least(limit, "limit", 1)
         params: dict[str, Any] = {"page": page, "limit": limit}
         if status is not None:
             params["status"] = status.value if isinstance(status, WithdrawalStatus) else status
@@ -218,32 +174,24 @@ class GatewayClient(_http.ClientBase):
 
     async def create_invoice(self, amount: int) -> Invoice:
         """A new deposit invoice with its QRIS image. Never sent twice."""
-        _check_amount(amount)
-        path = self.endpoints.create_invoice
+        check_amount(amount)
         asked = {"amount": amount}
-        body = await self._core.request(
-            "GET", path, operation="create_invoice", params=asked, creates=True, op_params=asked
-        )
-        body = _unwrap(body)
+        body, path, method = await self._change("create_invoice", asked, params=asked)
         if isinstance(body, dict):
             body = {"status": InvoiceStatus.PENDING.value, "created_at": None, **body}
-        return self._created(body, Invoice, "create_invoice", path, "GET", asked)
+        return self._created(body, Invoice, "create_invoice", path, method, asked)
 
     async def cancel_invoice(self, invoice_id: str) -> CancelResult:
         """Cancel a pending invoice (it becomes ``expired``).
 
         A paid invoice raises ``InvoiceNotCancellableError`` with its status.
         """
-        _check_id(invoice_id, "invoice_id")
-        path = self.endpoints.cancel_invoice
+        check_id(invoice_id, "invoice_id")
         asked = {"invoice_id": invoice_id}
-        body = await self._core.request(
-            "POST", path, operation="cancel_invoice", params=asked, creates=True, op_params=asked
-        )
-        body = _unwrap(body)
+        body, path, method = await self._change("cancel_invoice", asked, params=asked)
         if isinstance(body, dict):
             body = {"invoice_id": invoice_id, "status": "expired", "message": "", **body}
-        return self._created(body, CancelResult, "cancel_invoice", path, "POST", asked)
+        return self._created(body, CancelResult, "cancel_invoice", path, method, asked)
 
     async def create_withdrawal(
         self, amount: int, account_number: str, account_name: str
@@ -253,29 +201,26 @@ class GatewayClient(_http.ClientBase):
         Never sent twice: on ``OutcomeUnknownError``, look in
         ``iter_withdrawals()`` before asking again.
         """
-        _check_amount(amount)
-        _check_account_number(account_number)
-        if not isinstance(account_name, str):
-            raise _BadArgument(f"account_name must be a str, not {type(account_name).__name__}")
-        if not account_name.strip():
-            raise ValueError("account_name must not be empty")
-        path = self.endpoints.create_withdrawal
+        check_amount(amount)
+        check_account_number(account_number)
+        check_account_name(account_name)
         asked = {"amount": amount, "account_number": account_number, "account_name": account_name}
-        body = await self._core.request(
-            "POST",
-            path,
-            operation="create_withdrawal",
-            json_body={
-                "amount": amount,
-                "accountNumber": account_number,
-                "accountName": account_name,
-            },
-            creates=True,
-            op_params=asked,
-        )
-        return self._created(_unwrap(body), Withdrawal, "create_withdrawal", path, "POST", asked)
+        sent = {"amount": amount, "accountNumber": account_number, "accountName": account_name}
+        body, path, method = await self._change("create_withdrawal", asked, json_body=sent)
+        return self._created(body, Withdrawal, "create_withdrawal", path, method, asked)
 
     # -- plumbing ----------------------------------------------------------
+
+    async def _change(
+        self, operation: str, asked: dict[str, Any], **request: Any
+    ) -> tuple[Any, str, str]:
+        # The endpoint of a call that changes something is named as the call.
+        method = GATEWAY_PATHS[operation][0]
+        path: str = getattr(self.endpoints, operation)
+        body = await self._core.request(
+            method, path, operation=operation, idempotent=False, op_params=asked, **request
+        )
+        return _unwrap(body), path, method
 
     async def _read(
         self, operation: str, path: str, params: Mapping[str, Any] | None = None
@@ -321,13 +266,14 @@ class GatewayClient(_http.ClientBase):
             return self._model(body, cls, operation, path, method)
         except ResponseDecodeError as exc:
             # The server accepted the request; what it made is just unreadable.
-            raise OutcomeUnknownError(
-                f"{operation}: the answer could not be read ({exc.message}); the request "
-                "may have succeeded and was not sent again; look the outcome up first",
+            raise _http.outcome_unknown(
+                f"the answer could not be read ({exc.message})",
+                exc,
                 operation=operation,
                 params=asked,
                 method=method,
                 path=path,
+                answered=True,
             ) from exc
 
     def _decode_error(self, why: str, body: Any, path: str, method: str) -> ResponseDecodeError:

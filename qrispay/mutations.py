@@ -8,12 +8,11 @@ import attrs
 
 from . import _http
 from ._convert import mutation_from_row
+from ._wire import DEFAULT_FEED_URL, FEED_PATH
 from .errors import ResponseDecodeError
 from .models import Mutation, MutationBatch, RejectedRow
 
 __all__ = ["DEFAULT_FEED_URL", "MutationClient"]
-
-DEFAULT_FEED_URL = "https://mutasiv1.autsc.my.id"
 
 _TEXT_FIELDS = ("qris", "brand_name", "issuer_reff", "buyer_reff")
 
@@ -42,31 +41,21 @@ class MutationClient(_http.ClientBase):
         token: str,
         *,
         base_url: str = DEFAULT_FEED_URL,
-        path: str = "/check-payment",
+        path: str = FEED_PATH,
         timeout: float | _http.Timeout = _http.DEFAULT_TIMEOUT,
         max_retries: int = 2,
         http_client: _http.AsyncClient | None = None,
         transport: _http.Transport | None = None,
         deadline: float | None = None,
     ):
-        for name, value in (("auth", auth), ("merchant", merchant), ("token", token)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty str")
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError("base_url must be an http:// or https:// URL")
-        if not path.startswith("/"):
-            raise ValueError("path must start with '/'")
+        super().__init__(
+            _http.Connection(base_url, timeout, max_retries, http_client, transport, deadline),
+            credentials={"auth": auth, "merchant": merchant, "token": token},
+            secrets={"auth": auth, "token": token},
+            paths={"path": path},
+        )
         self.merchant = merchant
         self.path = path
-        self._core = _http.HTTPCore(
-            base_url=base_url,
-            secrets={"auth": auth, "token": token},
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
-            http_client=http_client,
-            transport=transport,
-        )
         # The rows of the last answer, by issuer_reff, with the raw row they were
         # read from: most of each poll is rows already read, and an equal raw
         # row gives an equal model, so it is reused instead of read again.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+import attrs
 import httpx
 import pytest
 import respx
@@ -289,3 +290,13 @@ def test_constructor_refuses_missing_key_and_bad_url() -> None:
         GatewayClient("", base_url=BASE)
     with pytest.raises(ValueError, match="base_url"):
         GatewayClient(KEY, base_url="gw.test")
+
+
+def test_endpoint_defaults_are_the_wire_table() -> None:
+    from qrispay._wire import GATEWAY_PATHS
+
+    defaults = GatewayEndpoints()
+    assert attrs.asdict(defaults) == {name: path for name, (_, path) in GATEWAY_PATHS.items()}
+    assert repr(defaults).startswith("GatewayEndpoints(balance='/api/v1/balance', ")
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        defaults.balance = "/x"  # type: ignore[misc]

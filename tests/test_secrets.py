@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qrispay import (
     APIConnectionError,
@@ -23,6 +26,7 @@ from qrispay import (
     OutcomeUnknownError,
     ResponseDecodeError,
 )
+from qrispay._redact import Redactor
 
 from .conftest import SECRET
 from .loopback import json_answer, serve
@@ -259,3 +263,68 @@ async def test_a_secret_cut_short_in_a_reason_is_not_left_behind() -> None:
     text = repr(batch) + str(batch.rejected[0].reason)
     assert "Zgekx7TOUz" not in text
     assert "date" in batch.rejected[0].reason
+
+
+def test_importing_qrispay_installs_no_log_filter() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, qrispay\n"
+        "names = ('httpx', 'httpcore', 'httpcore.http11')\n"
+        "assert not any(logging.getLogger(n).filters for n in names)\n"
+        "qrispay.GatewayClient('k', base_url='https://gw.test')\n"
+        "qrispay.MutationClient('a', 'm', 't')\n"
+        "assert all(len(logging.getLogger(n).filters) == 1 for n in names)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def _scrub_obj_recursively(redactor: Any, value: Any) -> Any:
+    # The recursive definition the iterative walk must agree with.
+    if isinstance(value, str):
+        return redactor.scrub(value)
+    if isinstance(value, dict):
+        return {
+            _scrub_obj_recursively(redactor, k): _scrub_obj_recursively(redactor, v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub_obj_recursively(redactor, v) for v in value]
+    return value
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["x", SECRET, f"a{TOKEN}b"]),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["k", SECRET, "***", "apikey=1"]), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_JSON)
+def test_scrub_obj_agrees_with_the_recursive_definition(value: Any) -> None:
+    redactor = Redactor([SECRET, TOKEN])
+    assert redactor.scrub_obj(value) == _scrub_obj_recursively(redactor, value)
+
+
+def test_scrub_obj_neither_recurses_nor_loops() -> None:
+    redactor = Redactor([SECRET])
+    deep: Any = SECRET
+    for _ in range(100_000):
+        deep = [{"k": deep}]
+    scrubbed = redactor.scrub_obj(deep)
+    for _ in range(100_000):
+        scrubbed = scrubbed[0]["k"]
+    assert scrubbed == "***"
+    looped: list[Any] = [SECRET]
+    looped.append(looped)
+    copy = redactor.scrub_obj(looped)
+    assert copy[0] == "***"
+    assert copy[1] is copy
+    shared = [SECRET]
+    twice = redactor.scrub_obj([shared, shared])
+    assert twice == [["***"], ["***"]]
+    assert twice[0] is not twice[1]
