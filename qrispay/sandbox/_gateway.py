@@ -24,6 +24,8 @@ __all__ = ["CANCELLED_MESSAGE", "WITHDRAWAL_MESSAGE", "GatewayState"]
 CANCELLED_MESSAGE = "Invoice berhasil dibatalkan"
 WITHDRAWAL_MESSAGE = "Permintaan penarikan berhasil diajukan"
 _HISTORY_LIMIT_MAX = 100
+# The create answer shows these of the status body, in this order.
+_CREATED_KEYS = ("invoice_id", "amount", "fee", "total", "qris_image", "expired_at")
 _T = TypeVar("_T")
 
 
@@ -66,6 +68,19 @@ def _find(
     if found is None:
         raise gateway_error(404, f"{what} tidak ditemukan", success_flag=success_flag)
     return found
+
+
+def _invoice_body(invoice: _Invoice) -> dict[str, Any]:
+    return {
+        "invoice_id": invoice.invoice_id,
+        "amount": invoice.amount,
+        "fee": invoice.fee,
+        "total": invoice.total,
+        "status": invoice.status,
+        "qris_image": invoice.qris_image,
+        "expired_at": wib(invoice.expired_at),
+        "created_at": wib(invoice.created_at),
+    }
 
 
 def _withdrawal_body(w: _Withdrawal) -> dict[str, Any]:
@@ -179,15 +194,8 @@ class GatewayState:
             )
             self._invoices[invoice_id] = invoice
             self._pending_by_total[invoice.total] = invoice_id
-            return {
-                "success": True,
-                "invoice_id": invoice_id,
-                "amount": invoice.amount,
-                "fee": invoice.fee,
-                "total": invoice.total,
-                "qris_image": invoice.qris_image,
-                "expired_at": wib(invoice.expired_at),
-            }
+            body = _invoice_body(invoice)
+            return {"success": True, **{key: body[key] for key in _CREATED_KEYS}}
 
     def _invoice(self, invoice_id: str | None) -> _Invoice:
         return _find(self._invoices, invoice_id, "invoice_id", "Invoice", success_flag=False)
@@ -195,17 +203,7 @@ class GatewayState:
     def invoice_status(self, invoice_id: str | None) -> dict[str, Any]:
         with self._lock:
             self.expire_due(self._shared.now())
-            invoice = self._invoice(invoice_id)
-            return {
-                "invoice_id": invoice.invoice_id,
-                "amount": invoice.amount,
-                "fee": invoice.fee,
-                "total": invoice.total,
-                "status": invoice.status,
-                "qris_image": invoice.qris_image,
-                "expired_at": wib(invoice.expired_at),
-                "created_at": wib(invoice.created_at),
-            }
+            return _invoice_body(self._invoice(invoice_id))
 
     def cancel_invoice(self, invoice_id: str | None) -> dict[str, Any]:
         with self._lock:
