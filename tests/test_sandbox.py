@@ -134,7 +134,21 @@ def test_import_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> N
 def test_sandbox_does_not_import_httpx() -> None:
     import qrispay.sandbox as package
 
-    for module in ("__init__", "_state", "_app", "_server", "_sandbox", "_clock"):
+    for module in (
+        "__init__",
+        "_state",
+        "_app",
+        "_server",
+        "_sandbox",
+        "_clock",
+        "_errors",
+        "_faults",
+        "_feed",
+        "_gateway",
+        "_settings",
+        "_shared",
+        "_values",
+    ):
         path = package.__path__[0] + f"/{module}.py"
         with open(path, encoding="utf-8") as source:
             assert not re.search(r"^\s*(import|from)\s+httpx", source.read(), re.M), module

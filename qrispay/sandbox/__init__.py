@@ -25,8 +25,10 @@ except ImportError as exc:  # pragma: no cover - exercised by a test with the mo
     ) from exc
 
 from ._clock import LoopClock, ManualClock, utc_now
+from ._errors import SandboxRejection
+from ._faults import FAULT_KINDS, Fault, Faults
 from ._sandbox import SANDBOX_URL, Sandbox
-from ._state import FAULT_KINDS, Fault, Faults, SandboxRejection, Stats
+from ._shared import Stats
 
 __all__ = [
     "FAULT_KINDS",

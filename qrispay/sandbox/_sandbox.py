@@ -11,8 +11,11 @@ from .._convert import mutation_from_row
 from ..models import Mutation
 from ._app import build_app
 from ._clock import utc_now
+from ._faults import FaultKind, Faults
 from ._server import run, serving
-from ._state import FEED_CREATOR, FaultKind, Faults, SandboxState, Stats
+from ._settings import FEED_CREATOR, SandboxSettings
+from ._shared import Stats
+from ._state import SandboxState
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -60,7 +63,7 @@ class Sandbox:
         faults: Faults | None = None,
         creator: str = FEED_CREATOR,
     ) -> None:
-        self._state = SandboxState(
+        settings = SandboxSettings(
             ttl=ttl,
             window=window,
             seed=seed,
@@ -80,65 +83,67 @@ class Sandbox:
             faults=faults,
             creator=creator,
         )
+        self._settings = settings
+        self._state = SandboxState(settings)
         self._app: Starlette | None = None
 
     def __repr__(self) -> str:
-        s = self._state
+        s = self._settings
         return f"Sandbox(ttl={s.ttl}, window={s.window}, seed={s.seed})"
 
     # -- configuration -------------------------------------------------------
 
     @property
     def api_key(self) -> str:
-        return self._state.api_key
+        return self._settings.api_key
 
     @property
     def auth(self) -> str:
-        return self._state.auth
+        return self._settings.auth
 
     @property
     def merchant(self) -> str:
-        return self._state.merchant
+        return self._settings.merchant
 
     @property
     def token(self) -> str:
-        return self._state.token
+        return self._settings.token
 
     @property
     def ttl(self) -> float:
-        return self._state.ttl
+        return self._settings.ttl
 
     @property
     def window(self) -> int:
-        return self._state.window
+        return self._settings.window
 
     @property
     def seed(self) -> int:
-        return self._state.seed
+        return self._settings.seed
 
     @property
     def clock(self) -> Callable[[], datetime]:
-        return self._state.clock
+        return self._settings.clock
 
     def now(self) -> datetime:
         """The sandbox's current time (its clock's)."""
-        return self._state.now()
+        return self._state.shared.now()
 
     @property
     def faults(self) -> Faults:
         """The random faults in force; mutable, or assign a new ``Faults``."""
-        return self._state.faults
+        return self._state.injector.faults
 
     @faults.setter
     def faults(self, value: Faults) -> None:
         if not isinstance(value, Faults):
             raise TypeError("faults must be a qrispay.sandbox.Faults")
-        self._state.faults = value
+        self._state.injector.faults = value
 
     @property
     def stats(self) -> Stats:
         """Counters of what was served (live; ``stats.copy()`` for a snapshot)."""
-        return self._state.stats
+        return self._state.shared.stats
 
     def reset_stats(self) -> None:
         self._state.reset_stats()
@@ -157,13 +162,11 @@ class Sandbox:
         (done, then a 5xx), ``"html"``, ``"truncated"`` (done, then a malformed
         body) or ``"rate_limit"`` (429 with ``Retry-After: retry_after``).
         ``status`` overrides the HTTP status (200 gives an error inside a 200)."""
-        self._state.fail_next(
-            kind, endpoint=endpoint, times=times, status=status, retry_after=retry_after
-        )
+        self._state.injector.fail_next(kind, endpoint, times, status, retry_after)
 
     def clear_faults(self) -> None:
         """No more faults: queued ones dropped, random ones off."""
-        self._state.clear_faults()
+        self._state.injector.clear()
 
     # -- HTTP -------------------------------------------------------------------
 
@@ -236,7 +239,7 @@ class Sandbox:
         ``qris`` defaults to ``"dynamic"`` when an invoice was paid, else
         ``"static"``. ``hidden=True`` makes a row the feed never shows (None:
         drawn from ``faults.drop_rate``)."""
-        row = self._state.pay(total, brand=brand, qris=qris, buyer_reff=buyer_reff, hidden=hidden)
+        row = self._state.pay(total, brand, qris, buyer_reff, hidden)
         return mutation_from_row(row)
 
     def debit(
@@ -248,73 +251,73 @@ class Sandbox:
         hidden: bool | None = None,
     ) -> Mutation:
         """A debit row (money leaving the merchant account) now."""
-        row = self._state.debit(amount, brand=brand, buyer_reff=buyer_reff, hidden=hidden)
+        row = self._state.feed.debit(amount, brand, buyer_reff, hidden)
         return mutation_from_row(row)
 
     def add_row(self, row: Mapping[str, Any], *, hidden: bool = False) -> dict[str, Any]:
         """Append ``row`` to the feed verbatim (for quirky rows: amounts as
         ``"Rp 10.000"``, odd dates, empty ``issuer_reff``...). It changes no
         balance and pays no invoice. Returns a copy of the row."""
-        return self._state.add_row(row, hidden=hidden)
+        return self._state.feed.add_row(row, hidden=hidden)
 
     def rows(self, *, include_hidden: bool = True) -> list[dict[str, Any]]:
         """Every feed row so far, newest first (raw dicts, copies)."""
-        return self._state.rows(include_hidden=include_hidden)
+        return self._state.feed.rows(include_hidden=include_hidden)
 
     def invalidate_cache(self) -> None:
         """Forget the cached feed answer: the next feed request builds afresh."""
-        self._state.invalidate_cache()
+        self._state.feed.invalidate_cache()
 
     @property
     def merchant_balance(self) -> int:
         """The merchant account's balance (the feed's ``balance`` chain)."""
-        return self._state.merchant_balance
+        return self._state.feed.merchant_balance
 
     # -- the gateway, from Python -----------------------------------------------
 
     @property
     def gateway_balance(self) -> int:
         """The gateway balance (settable)."""
-        return self._state.gateway_balance
+        return self._state.gateway.gateway_balance
 
     @gateway_balance.setter
     def gateway_balance(self, value: int) -> None:
-        self._state.gateway_balance = value
+        self._state.gateway.gateway_balance = value
 
     def create_invoice(self, amount: int) -> dict[str, Any]:
         """Create an invoice without HTTP; the create answer's body.
         Refusals raise ``SandboxRejection`` (``.status``, ``.body``)."""
-        return self._state.create_invoice(amount)
+        return self._state.gateway.create_invoice(amount)
 
     def invoice(self, invoice_id: str) -> dict[str, Any]:
         """An invoice as the status endpoint shows it (``SandboxRejection`` if unknown)."""
-        return self._state.invoice_status(invoice_id)
+        return self._state.gateway.invoice_status(invoice_id)
 
     def cancel_invoice(self, invoice_id: str) -> dict[str, Any]:
         """Cancel without HTTP, with the cancel endpoint's rules."""
-        return self._state.cancel_invoice(invoice_id)
+        return self._state.gateway.cancel_invoice(invoice_id)
 
     def invoice_ids(self) -> list[str]:
         """Every invoice id, oldest first."""
-        return self._state.invoice_ids()
+        return self._state.gateway.invoice_ids()
 
     def pending_totals(self) -> dict[int, str]:
         """``{total: invoice_id}`` of the pending invoices now."""
-        return self._state.pending_totals()
+        return self._state.gateway.pending_totals()
 
     def withdrawal(self, withdraw_id: str) -> dict[str, Any]:
         """A withdrawal as the status endpoint shows it."""
-        return self._state.withdrawal_status(withdraw_id)
+        return self._state.gateway.withdrawal_status(withdraw_id)
 
     def withdrawal_ids(self) -> list[str]:
         """Every withdrawal id, oldest first."""
-        return self._state.withdrawal_ids()
+        return self._state.gateway.withdrawal_ids()
 
     def approve_withdrawal(self, withdraw_id: str, *, note: str | None = None) -> dict[str, Any]:
         """The admin approves: ``success``, ``processed_at`` now. ``KeyError`` if
         unknown, ``ValueError`` if already processed."""
-        return self._state.approve_withdrawal(withdraw_id, note=note)
+        return self._state.gateway.approve_withdrawal(withdraw_id, note=note)
 
     def reject_withdrawal(self, withdraw_id: str, *, note: str | None = None) -> dict[str, Any]:
         """The admin rejects: ``rejected``, and ``total_deduct`` is refunded."""
-        return self._state.reject_withdrawal(withdraw_id, note=note)
+        return self._state.gateway.reject_withdrawal(withdraw_id, note=note)
