@@ -25,7 +25,8 @@ import pytest
 import respx
 
 from qrispay import cli
-from qrispay._tables import format_rupiah, jsonable, wants_colour
+from qrispay.cli import sandbox as cli_sandbox
+from qrispay.cli.output import format_rupiah, jsonable, wants_colour
 from qrispay.sandbox import Sandbox
 
 from .conftest import SECRET
@@ -673,7 +674,7 @@ def test_sandbox_command(
         served["balance"] = answer.json()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_wait_for_interrupt", interrupt)
+    monkeypatch.setattr(cli_sandbox, "_wait_for_interrupt", interrupt)
     monkeypatch.setattr(
         sys, "stdin", io.StringIO("help\npay 1000 ovo\ninvoices\nwithdrawals\nfly away\npay x\n")
     )

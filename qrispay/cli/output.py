@@ -18,22 +18,12 @@ from typing import Any, TextIO
 
 import attrs
 
-from .events import (
-    AmbiguousCredit,
-    DuplicatePayment,
-    Event,
-    InvoiceCancelled,
-    InvoiceExpired,
-    InvoicePaid,
-    LatePayment,
-    RejectedRows,
-    UnknownRow,
-    UnmatchedCredit,
-)
-from .models import JAKARTA, Invoice, Mutation
+from .. import events
+from ..events import Event
+from ..models import JAKARTA, Invoice, Mutation
 
 __all__ = [
-    "EVENT_KINDS",
+    "EVENT_LOOKS",
     "Style",
     "describe_event",
     "dumps",
@@ -173,7 +163,7 @@ def jsonable(value: Any) -> Any:
         return value
     if attrs.has(type(value)):
         data: dict[str, Any] = {}
-        if type(value).__name__ in EVENT_KINDS:
+        if type(value) in _EVENT_CLASSES:
             data["event"] = type(value).__name__
         for field in attrs.fields(type(value)):
             if field.name.startswith("_") or not field.init:
@@ -197,20 +187,40 @@ def dumps(value: Any, *, compact: bool = False) -> str:
 
 # -- events --------------------------------------------------------------------
 
-#: Each event's short label, colour and short name (the demo's verdict keys).
-EVENT_KINDS: dict[str, tuple[str, str, str]] = {
-    "InvoicePaid": ("PAID", "green", "paid"),
-    "InvoiceExpired": ("EXPIRED", "dim", "expired"),
-    "InvoiceCancelled": ("CANCELLED", "dim", "cancelled"),
-    "LatePayment": ("LATE", "yellow", "late"),
-    "DuplicatePayment": ("DUPLICATE", "yellow", "duplicate"),
-    "UnmatchedCredit": ("UNMATCHED", "magenta", "unmatched"),
-    "AmbiguousCredit": ("AMBIGUOUS", "red", "ambiguous"),
-    "UnknownRow": ("UNKNOWN ROW", "red", "unknown_row"),
-    "RejectedRows": ("REJECTED", "red", "rejected_rows"),
-    "BalanceGap": ("BALANCE GAP", "red", "balance_gap"),
+_EVENT_CLASSES = frozenset(events.EVENT_KINDS.values())
+
+#: Each event kind's short label, colour and short name (the demo's verdict keys).
+EVENT_LOOKS: dict[str, tuple[str, str, str]] = {
+    events.InvoicePaid.kind: ("PAID", "green", "paid"),
+    events.InvoiceExpired.kind: ("EXPIRED", "dim", "expired"),
+    events.InvoiceCancelled.kind: ("CANCELLED", "dim", "cancelled"),
+    events.LatePayment.kind: ("LATE", "yellow", "late"),
+    events.DuplicatePayment.kind: ("DUPLICATE", "yellow", "duplicate"),
+    events.UnmatchedCredit.kind: ("UNMATCHED", "magenta", "unmatched"),
+    events.AmbiguousCredit.kind: ("AMBIGUOUS", "red", "ambiguous"),
+    events.UnknownRow.kind: ("UNKNOWN ROW", "red", "unknown_row"),
+    events.RejectedRows.kind: ("REJECTED", "red", "rejected_rows"),
+    events.BalanceGap.kind: ("BALANCE GAP", "red", "balance_gap"),
 }
-LABEL_WIDTH = max(len(label) for label, _, _ in EVENT_KINDS.values())
+LABEL_WIDTH = max(len(label) for label, _, _ in EVENT_LOOKS.values())
+
+
+@attrs.frozen
+class _Words:
+    """How ``describe_event`` names an invoice and writes a time."""
+
+    name: Callable[[Invoice], str] | None
+    when: Callable[[datetime], str]
+
+    def who(self, invoice: Invoice) -> str:
+        return self.name(invoice) if self.name is not None else f"invoice {invoice.invoice_id}"
+
+    def row(self, row: Mutation) -> str:
+        reff = f"ref {row.issuer_reff}" if row.issuer_reff else "no reference"
+        return (
+            f"{format_rupiah(row.amount)} by {row.brand_name or '?'} at {self.when(row.date)} "
+            f"({reff})"
+        )
 
 
 def describe_event(
@@ -223,59 +233,73 @@ def describe_event(
 
     ``name`` names an invoice (default: ``invoice <id>``); ``when`` formats a
     time (default: ``format_time``)."""
+    words = _Words(name, when)
+    if isinstance(event, (events.InvoicePaid, events.InvoiceExpired, events.InvoiceCancelled)):
+        return _closing(event, words)
+    if isinstance(
+        event,
+        (
+            events.LatePayment,
+            events.DuplicatePayment,
+            events.UnmatchedCredit,
+            events.AmbiguousCredit,
+        ),
+    ):
+        return _credit(event, words)
+    return _feed_health(event, words)
 
-    def _row_text(row: Mutation) -> str:
-        reff = f"ref {row.issuer_reff}" if row.issuer_reff else "no reference"
-        return (
-            f"{format_rupiah(row.amount)} by {row.brand_name or '?'} at {when(row.date)} ({reff})"
-        )
 
-    def who(invoice: Invoice) -> str:
-        return name(invoice) if name is not None else f"invoice {invoice.invoice_id}"
-
-    if isinstance(event, InvoicePaid):
+def _closing(
+    event: events.InvoicePaid | events.InvoiceExpired | events.InvoiceCancelled, words: _Words
+) -> str:
+    who, total = words.who(event.invoice), format_rupiah(event.invoice.total)
+    if isinstance(event, events.InvoicePaid):
         if event.mutation is not None:
-            return f"{who(event.invoice)} is paid: {_row_text(event.mutation)}"
+            return f"{who} is paid: {words.row(event.mutation)}"
+        return f"{who} ({total}) is paid, as the {event.source} reports"
+    if isinstance(event, events.InvoiceExpired):
+        return f"{who} ({total}) expired unpaid at {words.when(event.invoice.expired_at)}"
+    return f"{who} ({total}) was cancelled unpaid"
+
+
+def _credit(
+    event: events.LatePayment
+    | events.DuplicatePayment
+    | events.UnmatchedCredit
+    | events.AmbiguousCredit,
+    words: _Words,
+) -> str:
+    row = words.row(event.mutation)
+    if isinstance(event, events.LatePayment):
         return (
-            f"{who(event.invoice)} ({format_rupiah(event.invoice.total)}) is paid, "
-            f"as the {event.source} reports"
-        )
-    if isinstance(event, InvoiceExpired):
-        return (
-            f"{who(event.invoice)} ({format_rupiah(event.invoice.total)}) expired unpaid "
-            f"at {when(event.invoice.expired_at)}"
-        )
-    if isinstance(event, InvoiceCancelled):
-        return f"{who(event.invoice)} ({format_rupiah(event.invoice.total)}) was cancelled unpaid"
-    if isinstance(event, LatePayment):
-        return (
-            f"{who(event.invoice)} was paid after it closed: {_row_text(event.mutation)}; "
+            f"{words.who(event.invoice)} was paid after it closed: {row}; "
             "refund it, or honour it by hand"
         )
-    if isinstance(event, DuplicatePayment):
-        return (
-            f"{who(event.invoice)} was paid again: {_row_text(event.mutation)}; "
-            "refund the second payment"
-        )
-    if isinstance(event, UnmatchedCredit):
-        return f"a credit that fits no invoice: {_row_text(event.mutation)}"
-    if isinstance(event, AmbiguousCredit):
-        names = ", ".join(who(invoice) for invoice in event.candidates)
-        return (
-            f"a credit that fits several invoices ({names}): {_row_text(event.mutation)}; "
-            "none was marked paid, decide by hand"
-        )
-    if isinstance(event, UnknownRow):
+    if isinstance(event, events.DuplicatePayment):
+        return f"{words.who(event.invoice)} was paid again: {row}; refund the second payment"
+    if isinstance(event, events.UnmatchedCredit):
+        return f"a credit that fits no invoice: {row}"
+    names = ", ".join(words.who(invoice) for invoice in event.candidates)
+    return (
+        f"a credit that fits several invoices ({names}): {row}; "
+        "none was marked paid, decide by hand"
+    )
+
+
+def _feed_health(
+    event: events.UnknownRow | events.RejectedRows | events.BalanceGap, words: _Words
+) -> str:
+    when = words.when
+    if isinstance(event, events.UnknownRow):
         row = event.mutation
         return (
             f"a feed row of unknown type {row.raw_type or row.type!s}: "
             f"{format_rupiah(row.amount)} at {when(row.date)}"
         )
-    if isinstance(event, RejectedRows):
+    if isinstance(event, events.RejectedRows):
         reasons = "; ".join(rejected.reason for rejected in event.rows[:3])
         more = f" (and {len(event.rows) - 3} more)" if len(event.rows) > 3 else ""
         return f"{len(event.rows)} feed row(s) could not be read: {reasons}{more}"
-    # The one event left: a BalanceGap.
     return (
         f"rows are missing from the feed between {when(event.before.date)} and "
         f"{when(event.after.date)}: the balance is off by {format_rupiah(event.missing)}"
@@ -284,11 +308,11 @@ def describe_event(
 
 def event_label(event: Event, style: Style | None = None) -> str:
     """The event's label, padded to one width (and coloured)."""
-    label, colour, _ = EVENT_KINDS[type(event).__name__]
+    label, colour, _ = EVENT_LOOKS[event.kind]
     padded = label.ljust(LABEL_WIDTH)
     return style(padded, colour) if style is not None else padded
 
 
 def event_kind(event: Event) -> str:
     """``paid``, ``late``, ``duplicate``, ``unmatched``, ``expired``, ..."""
-    return EVENT_KINDS[type(event).__name__][2]
+    return EVENT_LOOKS[event.kind][2]

@@ -1,0 +1,160 @@
+"""What every command runs with: the output context, and the configuration the
+environment gives (the ``QRISPAY_*`` variables and the clients made from them)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+import attrs
+
+from .._http import Redactor
+from .._wire import DEFAULT_FEED_URL
+from ..gateway import GatewayClient
+from ..mutations import MutationClient
+from ._exit import ConfigError
+from .output import Style, dumps
+
+__all__ = [
+    "ENV_VARS",
+    "GATEWAY_VARS",
+    "SECRET_VARS",
+    "Ctx",
+    "Scrubbed",
+    "env",
+    "feed",
+    "gateway",
+    "gateway_configured",
+    "require",
+    "warnings_to",
+]
+
+#: The environment variables the API commands read, and what each one is.
+ENV_VARS: dict[str, str] = {
+    "QRISPAY_API_KEY": "the gateway's API key (secret)",
+    "QRISPAY_GATEWAY_URL": "the gateway's base URL, e.g. https://gateway.example",
+    "QRISPAY_AUTH": "the check-payment feed's auth value (secret)",
+    "QRISPAY_MERCHANT": "the feed's merchant code",
+    "QRISPAY_TOKEN": "the feed's token (secret)",
+    "QRISPAY_FEED_URL": f"the feed's base URL (optional; default {DEFAULT_FEED_URL})",
+}
+SECRET_VARS = ("QRISPAY_API_KEY", "QRISPAY_AUTH", "QRISPAY_TOKEN")
+GATEWAY_VARS = ("QRISPAY_API_KEY", "QRISPAY_GATEWAY_URL")
+_FEED_VARS = ("QRISPAY_AUTH", "QRISPAY_MERCHANT", "QRISPAY_TOKEN")
+
+
+# -- output ---------------------------------------------------------------------
+
+
+class Scrubbed(io.TextIOBase):
+    """A text stream that masks the credentials in everything written to it."""
+
+    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
+        self._stream = stream
+        self._redactor = redactor
+
+    def write(self, text: str) -> int:
+        self._stream.write(self._redactor.scrub(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
+@attrs.define
+class Ctx:
+    """A command's output: tables or JSON, on ``out``; notes on ``err``."""
+
+    json: bool
+    out: TextIO
+    err: TextIO
+    style: Style
+
+    def line(self, text: str = "") -> None:
+        """A line of the command's output."""
+        self.out.write(text + "\n")
+
+    def note(self, text: str) -> None:
+        """A message for the person, not the script: stderr."""
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    def emit(self, value: Any, *, compact: bool = False) -> None:
+        """``value`` as JSON on ``out``."""
+        self.out.write(dumps(value, compact=compact) + "\n")
+        self.out.flush()
+
+
+class _LogLine(logging.Formatter):
+    """``qrispay: warning: message``, one line, never a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"qrispay: {record.levelname.lower()}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def warnings_to(stream: TextIO) -> Iterator[None]:
+    """The package's warnings, as one line each on ``stream``, while inside."""
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_LogLine())
+    target = logging.getLogger("qrispay")
+    target.addHandler(handler)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+
+
+# -- configuration ---------------------------------------------------------------
+
+
+def env(name: str) -> str:
+    """The variable's value, stripped; empty when unset."""
+    return os.environ.get(name, "").strip()
+
+
+def require(names: Sequence[str], what: str) -> dict[str, str]:
+    """The values of ``names``; ``ConfigError`` naming those that are not set."""
+    missing = [name for name in names if not env(name)]
+    if missing:
+        listed = (
+            missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+        )
+        verb = "is" if len(missing) == 1 else "are"
+        raise ConfigError(f"{listed} {verb} not set ({what}; see 'qrispay --help')")
+    return {name: env(name) for name in names}
+
+
+def _url(name: str, value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL")
+    return value
+
+
+def gateway_configured() -> bool:
+    """Whether every gateway variable is set."""
+    return all(env(name) for name in GATEWAY_VARS)
+
+
+def gateway() -> GatewayClient:
+    """The gateway client the environment describes."""
+    values = require(GATEWAY_VARS, "needed for the gateway API")
+    url = _url("QRISPAY_GATEWAY_URL", values["QRISPAY_GATEWAY_URL"])
+    return GatewayClient(values["QRISPAY_API_KEY"], base_url=url)
+
+
+def feed() -> MutationClient:
+    """The feed client the environment describes."""
+    values = require(_FEED_VARS, "needed for the check-payment feed")
+    url = _url("QRISPAY_FEED_URL", env("QRISPAY_FEED_URL") or DEFAULT_FEED_URL)
+    return MutationClient(
+        values["QRISPAY_AUTH"], values["QRISPAY_MERCHANT"], values["QRISPAY_TOKEN"], base_url=url
+    )
