@@ -2,15 +2,15 @@
 
 It polls the feed on a schedule that respects the server's cache, feeds the
 engine, declares invoices expired only when that is safe, confirms with the
-gateway, and publishes events to waiters and subscribers.
+gateway, and publishes events to waiters and subscribers (``_hub``). Invoices
+are made in ``_issuing``.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
-import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -21,21 +21,21 @@ import attrs
 from anyio.abc import TaskStatus
 
 from . import qris
+from ._checks import require_positive_int
+from ._hub import OUTCOMES_KEPT as OUTCOMES_KEPT  # importable from here, as before
+from ._hub import EventHub, EventSubscription, paid_or_raise
+from ._issuing import CANCEL_BUDGET as CANCEL_BUDGET  # importable from here, as before
+from ._issuing import MAX_CREATIONS as MAX_CREATIONS
+from ._issuing import create_at_gateway, create_local
 from .engine import ReconciliationEngine
 from .errors import (
     AuthenticationError,
     BadRequestError,
-    EventsOverflowError,
-    InvoiceCancelledError,
-    InvoiceExpiredError,
     NotFoundError,
-    OutcomeUnknownError,
     QrispayError,
     RateLimitError,
-    ReconcilerStoppedError,
-    TotalConflictError,
 )
-from .events import Event, InvoiceCancelled, InvoiceExpired, InvoicePaid
+from .events import Event, InvoicePaid
 from .gateway import GatewayClient
 from .models import Invoice, InvoiceStatus
 from .mutations import MutationClient
@@ -45,12 +45,8 @@ __all__ = ["EventSubscription", "Reconciler", "ReconcilerStats"]
 
 logger = logging.getLogger("qrispay.reconciler")
 
-#: How many invoice outcomes ``wait_for_payment`` remembers for late callers.
-OUTCOMES_KEPT = 10_000
-MAX_CREATIONS = 3
+#: How many gateway checks may be under way at once.
 GATEWAY_CHECKS_AT_ONCE = 8
-#: Seconds allowed for cancelling invoices created with a taken total.
-CANCEL_BUDGET = 30.0
 
 # Answers that mean the configuration is wrong, not that the feed is down: at
 # start-up they are raised instead of retried forever.
@@ -77,77 +73,18 @@ class ReconcilerStats:
     gateway_checks: int = 0
 
 
-class EventSubscription:
-    """Events from the moment of subscribing, in order, through a bounded buffer.
-
-    Iterate it with ``async for``. A subscriber that falls more than its buffer
-    behind gets ``EventsOverflowError`` after the events it did receive: never
-    a silent gap, and never a slower poll loop. Iteration ends when the
-    Reconciler stops. Close it (``async with``, or ``aclose()``) to unsubscribe.
-    """
-
-    def __init__(self, owner: Reconciler, buffer: int):
-        self._owner = owner
-        self._send, self._receive = anyio.create_memory_object_stream[Event](buffer)
-        self._overflowed = False
-
-    def _offer(self, event: Event) -> None:
-        if self._overflowed:
-            return
-        try:
-            self._send.send_nowait(event)
-        except anyio.WouldBlock:
-            self._overflowed = True
-            self._send.close()
-            self._owner._unsubscribe(self)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self._owner._unsubscribe(self)
-
-    def __aiter__(self) -> EventSubscription:
-        return self
-
-    async def __anext__(self) -> Event:
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            self._receive.close()
-            if self._overflowed:
-                raise EventsOverflowError(
-                    "this subscriber fell behind its event buffer; events after the last "
-                    "one received were not delivered to it"
-                ) from None
-            raise StopAsyncIteration from None
-        except anyio.ClosedResourceError:
-            raise StopAsyncIteration from None
-
-    def _end(self) -> None:
-        # The loop stopped: the subscriber drains what it has, then iteration ends.
-        self._send.close()
-
-    async def aclose(self) -> None:
-        self._owner._unsubscribe(self)
-        self._send.close()
-        self._receive.close()
-
-    async def __aenter__(self) -> EventSubscription:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
 async def _sleep_until(deadline: float) -> None:
     left = deadline - anyio.current_time()
     if left > 0:
         await anyio.sleep(left)
 
 
-class _Waiter:
-    __slots__ = ("done", "outcome")
+class GatewayAnswer(enum.Enum):
+    """What asking the gateway about an invoice past its expiry decided."""
 
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.outcome: Event | None = None
+    PAID = "paid"  # paid there: mark it paid here
+    UNPAID = "unpaid"  # not paid there: expire it
+    UNKNOWN = "unknown"  # no answer, or nothing to act on: ask again after the next fetch
 
 
 class Reconciler:
@@ -181,8 +118,7 @@ class Reconciler:
             qris.parse(static_qris)  # a bad payload fails here, not at the first invoice
         if not isinstance(invoice_ttl, timedelta) or invoice_ttl <= timedelta(0):
             raise ValueError("invoice_ttl must be a positive timedelta")
-        if type(event_buffer) is not int or event_buffer < 1:
-            raise ValueError("event_buffer must be a positive int")
+        require_positive_int(event_buffer, "event_buffer")
         self.feed = feed
         self.gateway = gateway
         self.static_qris = static_qris
@@ -191,14 +127,10 @@ class Reconciler:
         self.stats = ReconcilerStats()
         self._clock = clock or _utc_now
         self._engine = engine
-        self._event_buffer = event_buffer
         self._schedule = Schedule(policy)
-        self._subscribers: list[EventSubscription] = []
-        self._waiters: dict[str, list[_Waiter]] = {}
-        self._outcomes: OrderedDict[str, Event] = OrderedDict()
+        self._hub = EventHub(event_buffer)
         self._wake = anyio.Event()
         self._running = False
-        self._stopped = False  # it ran, and is not running now
         # Gateway checks run beside the loop, so a slow gateway never delays a fetch.
         self._checks: anyio.abc.TaskGroup | None = None
         self._checking: set[str] = set()
@@ -248,7 +180,7 @@ class Reconciler:
         if self._running:
             raise RuntimeError("this Reconciler is already running")
         self._running = True
-        self._stopped = False
+        self._hub.open()
         try:
             self.engine  # noqa: B018 - made now, so started_at is the start of the loop
             # A second run still owes the cache its window (and a 429 its wait).
@@ -267,15 +199,7 @@ class Reconciler:
         finally:
             self._checking.clear()
             self._running = False
-            self._stopped = True
-            subscribers, self._subscribers = self._subscribers, []
-            for subscription in subscribers:
-                subscription._end()
-            # Nobody will settle them now: waiting on would be waiting for ever.
-            waiters, self._waiters = self._waiters, {}
-            for pending in waiters.values():
-                for waiter in pending:
-                    waiter.done.set()
+            self._hub.close()
 
     async def _wait_for_next_poll(self) -> None:
         while True:
@@ -348,7 +272,7 @@ class Reconciler:
         # `now` for expire() is the fetch's start minus skew, so an invoice closes
         # only if this fetch started after its expired_at + skew.
         cutoff = fetch_started - engine.skew
-        due = [i.invoice_id for i in engine.open_invoices() if i.expired_at < cutoff]
+        due = engine.due_for_expiry(cutoff)
         if self.gateway is None:
             self._publish(engine.expire(now=cutoff, invoice_ids=due))
             return
@@ -361,72 +285,55 @@ class Reconciler:
     async def _check_then_expire(self, invoice_id: str, cutoff: datetime) -> None:
         try:
             async with self._check_limiter:
-                unpaid = await self._gateway_says_unpaid(invoice_id)
-            if unpaid:
-                self._publish(self.engine.expire(now=cutoff, invoice_ids=[invoice_id]))
+                self.stats.gateway_checks += 1
+                answer = await self._ask_gateway(invoice_id)
+                if answer is GatewayAnswer.PAID:
+                    self._publish(self.engine.mark_paid(invoice_id, now=self._now()))
+                elif answer is GatewayAnswer.UNPAID:
+                    self._publish(self.engine.expire(now=cutoff, invoice_ids=[invoice_id]))
         finally:
             self._checking.discard(invoice_id)
 
-    async def _gateway_says_unpaid(self, invoice_id: str) -> bool:
+    async def _ask_gateway(self, invoice_id: str) -> GatewayAnswer:
+        """What the gateway says of an invoice the feed shows unpaid past its
+        expiry. It only asks (and logs); the caller acts on the answer."""
         assert self.gateway is not None
-        self.stats.gateway_checks += 1
         try:
             invoice = await self.gateway.get_invoice(invoice_id)
         except NotFoundError:
             # Unknown there, so never paid there; the feed already says unpaid.
             logger.warning("the gateway does not know invoice %s; expiring it", invoice_id)
-            return True
+            return GatewayAnswer.UNPAID
         except Exception as error:
             # Unknown is not "unpaid": ask again after the next fetch.
             logger.warning("could not confirm invoice %s with the gateway: %s", invoice_id, error)
-            return False
+            return GatewayAnswer.UNKNOWN
         if self.engine.state_of(invoice_id) is not InvoiceStatus.PENDING:
-            return False  # settled while we asked
+            return GatewayAnswer.UNKNOWN  # settled while we asked: nothing left to decide
         if invoice.status is InvoiceStatus.PAID:
-            self._publish(self.engine.mark_paid(invoice_id, now=self._now()))
-            return False
+            return GatewayAnswer.PAID
         if invoice.status not in (InvoiceStatus.PENDING, InvoiceStatus.EXPIRED):
             logger.warning(
                 "gateway reports invoice %s as %r; not declaring it expired",
                 invoice_id,
                 invoice.status,
             )
-            return False
-        return True
+            return GatewayAnswer.UNKNOWN
+        return GatewayAnswer.UNPAID
 
     # -- events --------------------------------------------------------------
 
     def _publish(self, events: list[Event]) -> None:
+        counts = self.stats.events
         for event in events:
-            kind = type(event).__name__
-            self.stats.events[kind] = self.stats.events.get(kind, 0) + 1
-            if isinstance(event, (InvoicePaid, InvoiceExpired, InvoiceCancelled)):
-                self._settle(event)
-            for subscriber in list(self._subscribers):
-                subscriber._offer(event)
-
-    def _settle(self, event: InvoicePaid | InvoiceExpired | InvoiceCancelled) -> None:
-        invoice_id = event.invoice.invoice_id
-        self._outcomes[invoice_id] = event
-        self._outcomes.move_to_end(invoice_id)
-        while len(self._outcomes) > OUTCOMES_KEPT:
-            self._outcomes.popitem(last=False)
-        for waiter in self._waiters.pop(invoice_id, ()):
-            waiter.outcome = event
-            waiter.done.set()
+            # Keyed by class name ("InvoicePaid"), as ReconcilerStats.events always was.
+            name = type(event).__name__
+            counts[name] = counts.get(name, 0) + 1
+        self._hub.publish(events)
 
     def events(self, *, buffer: int | None = None) -> EventSubscription:
         """Subscribe to every event from now on (see ``EventSubscription``)."""
-        subscription = EventSubscription(self, buffer or self._event_buffer)
-        if self._stopped:
-            subscription._end()
-        else:
-            self._subscribers.append(subscription)
-        return subscription
-
-    def _unsubscribe(self, subscription: EventSubscription) -> None:
-        if subscription in self._subscribers:
-            self._subscribers.remove(subscription)
+        return self._hub.subscribe(buffer)
 
     # -- invoices ------------------------------------------------------------
 
@@ -448,76 +355,15 @@ class Reconciler:
         gateway but with ``static_qris``: made locally, with a unique total and
         a dynamic QRIS payload (``qris_payload``) that carries it.
         """
-        if self.gateway is None:
-            if self.static_qris is None:
-                raise RuntimeError("create_invoice needs a gateway or a static_qris")
-            return self._create_local(amount)
-        taken: list[Invoice] = []
-        try:
-            for _ in range(MAX_CREATIONS):
-                invoice = await self.gateway.create_invoice(amount)
-                if self.engine.state_of(invoice.invoice_id) is not None:
-                    # track() would ignore it, and its payer would go unseen.
-                    raise OutcomeUnknownError(
-                        f"create_invoice: the gateway answered with invoice id "
-                        f"{invoice.invoice_id!r}, which is already tracked; a new invoice "
-                        "may or may not exist at the gateway",
-                        operation="create_invoice",
-                        params={"amount": amount},
-                    )
-                try:
-                    self.engine.track(invoice, now=self._now())
-                except TotalConflictError as conflict:
-                    logger.info(
-                        "gateway gave invoice %s the taken total %d; creating another",
-                        invoice.invoice_id,
-                        invoice.total,
-                    )
-                    taken.append(invoice)
-                    last_conflict = conflict
-                    continue
-                self._poke()
-                return invoice
-            raise TotalConflictError(
-                last_conflict.total,
-                last_conflict.invoice_id,
-                f"the gateway handed out taken totals {MAX_CREATIONS} times for amount {amount}",
+        if self.gateway is not None:
+            return await create_at_gateway(
+                self.gateway, self.engine, amount, clock=self._now, on_tracked=self._poke
             )
-        finally:
-            # Only now, so the gateway could not hand the same total back meanwhile;
-            # shielded, so a caller's timeout does not leave them pending there.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_BUDGET):
-                for invoice in taken:
-                    await self._cancel_quietly(invoice)
-
-    async def _cancel_quietly(self, invoice: Invoice) -> None:
-        assert self.gateway is not None
-        try:
-            await self.gateway.cancel_invoice(invoice.invoice_id)
-        except Exception as error:
-            logger.warning(
-                "could not cancel untracked invoice %s (total %d): %s",
-                invoice.invoice_id,
-                invoice.total,
-                error,
-            )
-
-    def _create_local(self, amount: int) -> Invoice:
-        assert self.static_qris is not None
-        now = self._now()
-        total = self.engine.unique_total(amount, now=now)
-        invoice = Invoice(
-            invoice_id=uuid.uuid4().hex,
-            amount=amount,
-            fee=total - amount,
-            total=total,
-            status=InvoiceStatus.PENDING,
-            qris_image="",
-            expired_at=now + self.invoice_ttl,
-            created_at=now,
-            qris_payload=qris.to_dynamic(self.static_qris, total),
+        if self.static_qris is None:
+            raise RuntimeError("create_invoice needs a gateway or a static_qris")
+        invoice = create_local(
+            self.engine, self.static_qris, amount, now=self._now(), ttl=self.invoice_ttl
         )
-        self.engine.track(invoice, now=now)
         self._poke()
         return invoice
 
@@ -547,49 +393,8 @@ class Reconciler:
         ago for its event to be remembered, answers from the engine's record
         (``source="record"``, no mutation; a cancellation then reads as expiry).
         """
-        outcome = self._outcomes.get(invoice_id)
-        state = self.engine.state_of(invoice_id)
-        if outcome is None and state is None:
-            raise KeyError(invoice_id)
-        if outcome is None and state is not InvoiceStatus.PENDING:
-            # Closed without an event here (tracked closed), or too long ago to be
-            # remembered: the engine's record still says how it ended.
-            outcome = self._recorded_outcome(invoice_id, state)
-        if outcome is None and self._stopped:
-            raise ReconcilerStoppedError(
-                f"the Reconciler is stopped; invoice {invoice_id!r} is not being watched"
-            )
-        if outcome is None:
-            waiter = _Waiter()
-            self._waiters.setdefault(invoice_id, []).append(waiter)
-            try:
-                with anyio.fail_after(timeout):
-                    await waiter.done.wait()
-            finally:
-                waiters = self._waiters.get(invoice_id)
-                if waiters is not None and waiter in waiters:
-                    waiters.remove(waiter)
-                    if not waiters:
-                        del self._waiters[invoice_id]
-            outcome = waiter.outcome
-            if outcome is None:
-                raise ReconcilerStoppedError(
-                    f"the Reconciler stopped before invoice {invoice_id!r} was settled"
-                )
-        if isinstance(outcome, InvoicePaid):
-            return outcome
-        if isinstance(outcome, InvoiceCancelled):
-            raise InvoiceCancelledError(outcome.invoice)
-        if isinstance(outcome, InvoiceExpired):
-            raise InvoiceExpiredError(outcome.invoice)
-        raise AssertionError(f"unexpected outcome {outcome!r}")
-
-    def _recorded_outcome(self, invoice_id: str, state: InvoiceStatus | None) -> Event:
-        invoice = self.engine.get(invoice_id)
-        assert invoice is not None
-        if state is InvoiceStatus.PAID:
-            return InvoicePaid(invoice, None, "record")
-        return InvoiceExpired(invoice)
+        outcome = await self._hub.wait_for_outcome(invoice_id, self.engine, timeout=timeout)
+        return paid_or_raise(outcome)
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"

@@ -413,7 +413,7 @@ async def test_many_waiters_on_one_invoice(world: World) -> None:
                 world.sandbox.pay(invoice.total)
     assert len(results) == 500
     assert len({id(r) for r in results}) == 1
-    assert rec._waiters == {}
+    assert rec._hub._waiters == {}
 
 
 async def test_events_subscriber_that_falls_behind_gets_an_error_not_a_gap(world: World) -> None:
