@@ -248,7 +248,7 @@ class Reconciler:
         self.stats.last_error = None
         self.stats.rows_seen += len(batch)
         self.stats.rows_rejected += len(batch.rejected)
-        self._publish(self.engine.ingest(batch, now=now))
+        self._publish(self.engine.ingest(batch, now=now, rejected=batch.rejected))
         self._expire_due(fetch_started)
         return None
 

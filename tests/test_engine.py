@@ -1,4 +1,4 @@
-"""The reconciliation engine, rule by rule (DESIGN.md, "Matching rules").
+"""The reconciliation engine, rule by rule (docs/design.md, "Matching rules").
 
 Pure and synchronous: every call takes ``now``, so the tests are plain functions.
 """
@@ -727,6 +727,59 @@ def test_rejected_rows_are_reported_once() -> None:
     batch = MutationBatch(rows=(good,), rejected=(bad,))
     assert engine.ingest(batch, now=at(2)) == [RejectedRows((bad,)), UnmatchedCredit(good)]
     assert engine.ingest(batch, now=at(3)) == []
+
+
+def test_rejected_rows_can_be_passed_explicitly() -> None:
+    engine = make_engine()
+    bad = RejectedRow(raw={"amount": "x"}, reason="amount: not a number")
+    other = RejectedRow(raw={"amount": "y"}, reason="amount: not a number")
+    good = row(1_000, at(1))
+    assert engine.ingest([good], now=at(2), rejected=[bad]) == [
+        RejectedRows((bad,)),
+        UnmatchedCredit(good),
+    ]
+    # Reported once, whichever way it came.
+    batch = MutationBatch(rows=(), rejected=(bad, other))
+    assert engine.ingest(batch, now=at(3)) == [RejectedRows((other,))]
+    # An explicit argument wins over the batch's own rows.
+    third = RejectedRow(raw={"amount": "z"}, reason="amount: not a number")
+    batch = MutationBatch(rows=(), rejected=(third,))
+    assert engine.ingest(batch, now=at(4), rejected=()) == []
+    assert engine.ingest(batch, now=at(4), rejected=None) == []
+    assert engine.ingest(batch, now=at(5)) == [RejectedRows((third,))]
+
+
+def test_due_for_expiry_lists_without_closing() -> None:
+    engine = tracked(
+        invoice("late", 10_001, expires=at(20)),
+        invoice("early", 10_002, expires=at(10)),
+        invoice("paid", 10_003, expires=at(5)),
+        invoice("later", 10_004, expires=at(30)),
+        invoice("tie-b", 10_005, expires=at(10)),
+    )
+    engine.mark_paid("paid", now=at(1))
+    assert engine.due_for_expiry(at(10)) == []  # expired_at < cutoff, strictly
+    assert engine.due_for_expiry(at(20) + US) == ["early", "tie-b", "late"]
+    assert engine.state_of("early") is InvoiceStatus.PENDING
+    due = engine.due_for_expiry(at(25))
+    assert kinds(engine.expire(now=at(25), invoice_ids=due)) == ["InvoiceExpired"] * 3
+    assert engine.due_for_expiry(at(25)) == []
+    assert engine.due_for_expiry(at(31)) == ["later"]
+    with pytest.raises(ValueError, match="naive"):
+        engine.due_for_expiry(datetime(2024, 5, 1))
+
+
+def test_due_for_expiry_skips_invoices_closed_otherwise() -> None:
+    invoices = [invoice(f"inv-{i:03d}", 20_000 + i, expires=at(10 + i % 7)) for i in range(300)]
+    engine = tracked(*invoices)
+    for item in invoices[::3]:  # enough closes to rebuild the expiry heap
+        engine.cancel(item.invoice_id, now=at(1))
+    open_ids = {item.invoice_id for item in engine.open_invoices()}
+    expected = sorted(
+        (item for item in invoices if item.invoice_id in open_ids and item.expired_at < at(14)),
+        key=lambda item: (item.expired_at, item.invoice_id),
+    )
+    assert engine.due_for_expiry(at(14)) == [item.invoice_id for item in expected]
 
 
 def test_snapshot_is_json_and_restores_identically() -> None:

@@ -289,3 +289,22 @@ def test_rule9_snapshot_then_restore_behaves_identically(
         assert restored.state_of(item.invoice_id) == original.engine.state_of(item.invoice_id)
         assert restored.get(item.invoice_id) == original.engine.get(item.invoice_id)
     assert restored.has_work(now=now) == original.engine.has_work(now=now)
+
+
+@FAST
+@given(scenarios(), st.lists(st.integers(-30, 120), min_size=1, max_size=4))
+def test_due_for_expiry_is_the_open_invoices_past_their_window_oldest_first(
+    scenario: tuple[list[Invoice], list[Mutation], list[Op]], cutoffs: list[int]
+) -> None:
+    invoice_list, rows, ops = scenario
+    run = Run(invoice_list, rows)
+    for op in ops:
+        run.step(op)
+        for cutoff in (minutes(value) for value in cutoffs):
+            past = [i for i in run.engine.open_invoices() if i.expired_at < cutoff]
+            expected = [
+                i.invoice_id for i in sorted(past, key=lambda i: (i.expired_at, i.invoice_id))
+            ]
+            before = run.engine.snapshot()
+            assert run.engine.due_for_expiry(cutoff) == expected
+            assert run.engine.snapshot() == before  # closes nothing
