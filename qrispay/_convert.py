@@ -25,7 +25,10 @@ from .models import (
 )
 
 __all__ = [
+    "LIMITS",
+    "Limits",
     "converter",
+    "limit_row",
     "mutation_from_row",
     "parse_datetime",
     "parse_money",
@@ -160,10 +163,77 @@ def _text(value: object, name: str) -> str:
     raise ValueError(f"{name} must be text, not {type(value).__name__}")
 
 
+@attrs.frozen
+class Limits:
+    """What one feed row may hold: a row beyond them is refused, never walked
+    by recursion. ``max_text``: characters in one string; ``max_depth``:
+    arrays and objects nested in one value; ``max_items``: values in a row,
+    counted through every nested array and object."""
+
+    max_text: int = 4096
+    max_depth: int = 16
+    max_items: int = 1000
+
+
+LIMITS = Limits()
+_TOO_DEEP = "<nested too deeply>"
+
+
+def _over_limits(row: Mapping[Any, Any]) -> str | None:
+    """Why ``row`` is beyond ``LIMITS``, or None. Walked with a stack of its own."""
+    items = 0
+    stack: list[tuple[object, object, int]] = [(key, value, 1) for key, value in row.items()]
+    if any(isinstance(key, str) and len(key) > LIMITS.max_text for key in row):
+        return f"a key is longer than {LIMITS.max_text} characters"
+    while stack:
+        key, value, depth = stack.pop()
+        items += 1
+        if items > LIMITS.max_items:
+            return f"the row holds more than {LIMITS.max_items} values"
+        if isinstance(value, str) and len(value) > LIMITS.max_text:
+            return f"{_name(key)}: text longer than {LIMITS.max_text} characters ({len(value)})"
+        if isinstance(value, (dict, list)):
+            if depth >= LIMITS.max_depth:
+                return f"{_name(key)}: nested deeper than {LIMITS.max_depth} levels"
+            if isinstance(value, dict):
+                if any(isinstance(k, str) and len(k) > LIMITS.max_text for k in value):
+                    return f"{_name(key)}: a key is longer than {LIMITS.max_text} characters"
+                stack.extend((key, child, depth + 1) for child in value.values())
+            else:
+                stack.extend((key, child, depth + 1) for child in value)
+    return None
+
+
+def _name(key: object) -> str:
+    return key[:40] if isinstance(key, str) else repr(key)[:40]
+
+
+def limit_row(raw: object) -> object:
+    """``raw`` as it may be kept and shown when it is beyond ``LIMITS``: each
+    top-level value that is too deep or too long is replaced by a marker or
+    cut short, so the row can be reported, logged and stored safely."""
+    if not isinstance(raw, Mapping) or _over_limits(raw) is None:
+        return raw
+    kept: dict[Any, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, str) and len(value) > LIMITS.max_text:
+            kept[key] = f"{value[:200]}... ({len(value)} characters)"
+        elif isinstance(value, (dict, list)) and _over_limits({key: value}) is not None:
+            kept[key] = _TOO_DEEP
+        else:
+            kept[key] = value
+    if _over_limits(kept) is not None:
+        return {"row": _TOO_DEEP}
+    return kept
+
+
 def mutation_from_row(row: object) -> Mutation:
     """Read one feed row, or raise ``ValueError`` saying why it cannot be read."""
     if not isinstance(row, Mapping):
         raise ValueError(f"a row must be an object, not {type(row).__name__}")
+    beyond = _over_limits(row)
+    if beyond is not None:
+        raise ValueError(beyond)
     if "date" not in row:
         raise ValueError("date is missing")
     if "amount" not in row:

@@ -140,13 +140,14 @@ def from_answer(
     retry_after_cap: float,
     method: str,
     path: str,
+    unreadable: str = "",
 ) -> Failure:
     """The failure of an answer that is an error (a status or an error body),
-    or a success that is not JSON."""
+    or a success that cannot be read (``unreadable`` says why)."""
     status = answer.status_code
     if not (status >= 400 or (decoded and body_error(body) is not None)):
         undecoded = ResponseDecodeError(
-            "the answer is not JSON",
+            unreadable or "the answer is not JSON",
             excerpt=excerpt(answer, redactor),
             status_code=status,
             method=method,

@@ -8,18 +8,17 @@ what both clients share (``ClientBase``): argument checks and lifecycle.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import random
 import ssl
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import attrs
 import httpx
 
-from . import _failures
+from . import _failures, _json
 from ._failures import Failure, TransportKinds, body_error
 from ._redact import Redactor, install_log_scrubber, live_secrets, scrub_chain
 from ._version import __version__
@@ -27,8 +26,8 @@ from .errors import APIStatusError, OutcomeUnknownError, ResponseDecodeError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
-    "ClientBase",
     "Connection",
+    "Answered",
     "HTTPCore",
     "Redactor",
     "Timeout",
@@ -129,6 +128,28 @@ class _Call:
 
 
 @attrs.frozen
+class Answered:
+    """A successful answer: its decoded body and its bytes."""
+
+    body: Any
+    content: bytes = attrs.field(repr=False)
+
+
+def _decode(content: bytes) -> tuple[Any, str | None]:
+    """The decoded body, and None; or None and why it cannot be read."""
+    if not content:
+        return None, None
+    if len(content) > _json.MAX_BODY:
+        return None, f"the answer is larger than {_json.MAX_BODY} bytes"
+    try:
+        return _json.loads(content), None
+    except _json.JSONTooDeep as exc:
+        return None, str(exc)
+    except ValueError:
+        return None, "the answer is not JSON"
+
+
+@attrs.frozen
 class Connection:
     """How a client reaches its server, as its constructor was given it (in
     the order of the clients' signatures)."""
@@ -139,63 +160,6 @@ class Connection:
     http_client: httpx.AsyncClient | None
     transport: httpx.AsyncBaseTransport | None
     deadline: float | None
-
-
-def check_client_args(
-    credentials: Mapping[str, object], connection: Connection, paths: Mapping[str, str]
-) -> None:
-    """What every client checks before it is made, in this order."""
-    for name, value in credentials.items():
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{name} must be a non-empty str")
-    base_url: object = connection.base_url
-    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-        raise ValueError("base_url must be an http:// or https:// URL")
-    for name, path in paths.items():
-        if not path.startswith("/"):
-            raise ValueError(f"{name} must start with '/'")
-    max_retries: object = connection.max_retries
-    if type(max_retries) is not int or max_retries < 0:
-        raise ValueError("max_retries must be a non-negative int")
-    if connection.deadline is not None and not connection.deadline > 0:
-        raise ValueError("deadline must be positive seconds or None")
-    if connection.http_client is not None and connection.transport is not None:
-        raise ValueError("pass http_client or transport, not both")
-
-
-class ClientBase:
-    """What both SDK clients share around their ``HTTPCore``: the checks of
-    their arguments, and the lifecycle."""
-
-    _core: HTTPCore
-
-    def __init__(
-        self,
-        connection: Connection,
-        *,
-        credentials: Mapping[str, object],
-        secrets: Mapping[str, str],
-        paths: Mapping[str, str] | None = None,
-    ):
-        check_client_args(credentials, connection, paths or {})
-        self._core = HTTPCore(connection, secrets)
-
-    @property
-    def base_url(self) -> str:
-        return self._core.base_url
-
-    async def __aenter__(self: _C) -> _C:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client this object made (never one passed in)."""
-        await self._core.aclose()
-
-
-_C = TypeVar("_C", bound=ClientBase)
 
 
 class HTTPCore:
@@ -210,6 +174,7 @@ class HTTPCore:
         retry_after_cap: float = 60.0,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
+        rng: random.Random | None = None,
     ):
         self.base_url = connection.base_url.rstrip("/")
         self._secrets = dict(secrets)
@@ -225,7 +190,8 @@ class HTTPCore:
         self._client = connection.http_client
         self._owns_client = connection.http_client is None
         self._closed = False
-        self._random = random.Random()
+        # A seeded one makes the jitter of retries, and so a faulty run, repeatable.
+        self._random = rng or random.Random()
         install_log_scrubber()
         live_secrets.add(self._secrets.values())
 
@@ -272,9 +238,21 @@ class HTTPCore:
         server) is sent again only when it provably never left, and an answer
         that does not say what happened raises ``OutcomeUnknownError``.
         """
-        client = self._http()
-        retries = self.max_retries if max_retries is None else max_retries
-        call = _Call(
+        call = self._call(method, path, operation, params, json_body, idempotent, op_params)
+        answered = await self._send(call, max_retries)
+        return answered.body
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        params: Mapping[str, Any] | None,
+        json_body: Any,
+        idempotent: bool,
+        op_params: Mapping[str, Any] | None,
+    ) -> _Call:
+        return _Call(
             method=method,
             path=path,
             query={**(params or {}), **self._secrets},
@@ -283,14 +261,17 @@ class HTTPCore:
             operation=operation,
             op_params=dict(op_params or {}),
         )
+
+    async def _send(self, call: _Call, max_retries: int | None) -> Answered:
+        client = self._http()
+        retries = self.max_retries if max_retries is None else max_retries
         end = None if self.deadline is None else anyio.current_time() + self.deadline
         attempt = 0
         while True:
             remaining = None if end is None else end - anyio.current_time()
-            body = await self._attempt(client, call, remaining)
-            if type(body) is not Failure:
-                return body
-            failure: Failure = body
+            failure = await self._attempt(client, call, remaining)
+            if isinstance(failure, Answered):
+                return failure
             if failure.may_have_left and not call.idempotent:
                 raise call.outcome_unknown(failure, self.redactor)
             if not failure.retryable or attempt >= retries:
@@ -323,7 +304,7 @@ class HTTPCore:
 
     async def _attempt(
         self, client: httpx.AsyncClient, call: _Call, remaining: float | None
-    ) -> Any:
+    ) -> Answered | Failure:
         """One send: the decoded body of a success, or a ``Failure``."""
         method, path = call.method, call.path
         try:
@@ -335,23 +316,19 @@ class HTTPCore:
             return _failures.from_exception(exc, _KINDS, self.redactor, method, path)
         status = response.status_code
         content = response.content
-        body: Any
-        try:
-            body = json.loads(content) if content else None
-            decoded = True
-        except (ValueError, RecursionError):
-            body, decoded = None, False
         logger.debug("%s %s -> %d (%d bytes)", method, path, status, len(content))
-        if status < 400 and decoded and body_error(body) is None:
-            return body
+        body, unreadable = _decode(content)
+        if status < 400 and unreadable is None and body_error(body) is None:
+            return Answered(body, content)
         return _failures.from_answer(
             response,
             body,
-            decoded,
+            unreadable is None,
             redactor=self.redactor,
             retry_after_cap=self.retry_after_cap,
             method=method,
             path=path,
+            unreadable=unreadable or "",
         )
 
     def error_for(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from operator import itemgetter
 from typing import Any
 
 from . import _snapshot
@@ -43,13 +42,20 @@ from .events import (
     UnknownRow,
     UnmatchedCredit,
 )
-from .models import Invoice, InvoiceStatus, Mutation, MutationBatch, MutationType, RejectedRow
+from .models import (
+    JAKARTA,
+    Invoice,
+    InvoiceStatus,
+    Mutation,
+    MutationBatch,
+    MutationType,
+    RejectedRow,
+)
 
 __all__ = ["ReconciliationEngine"]
 
 # A row to judge: its date, minus its position (equal dates: the feed lists newest first).
 _Fresh = tuple[datetime, int, Mutation]
-_PROCESSING_ORDER = itemgetter(0, 1)
 
 #: The default of ``ingest(rejected=...)``: take a batch's own rejected rows.
 _FROM_BATCH: Any = object()
@@ -143,7 +149,8 @@ class ReconciliationEngine:
             raise TotalConflictError(total, holder)
 
         created = now if invoice.created_at is None else invoice.created_at
-        record = book.add(invoice, created - self._skew)
+        # In the feed's zone, so that judging a row compares like with like.
+        record = book.add(invoice, (created - self._skew).astimezone(JAKARTA))
         closing = closing_on_track(invoice.status)
         if closing is Closing.REPORT:
             book.close(record, closing, now)
@@ -282,18 +289,22 @@ class ReconciliationEngine:
                 events.append(RejectedRows(first))
 
         seen, remember, chain = self._seen.keys, self._seen.remember, self._chain.follow
+        # In the feed's own zone: comparing datetimes of one tzinfo object skips
+        # the offset arithmetic that mixed zones cost on every row.
+        history_before = self._history_before.astimezone(JAKARTA)
+        credit, debit = MutationType.CREDIT, MutationType.DEBIT
         for date, _, row in fresh:
             key = row.key
             if key in seen:  # the same key earlier in this call: the first one stands
                 continue
             remember(key, date)
-            history = date < self._history_before
+            history = date < history_before
             gap = chain(row, history)
             if gap is not None:
                 events.append(gap)
-            if row.type == MutationType.CREDIT:
+            if row.type == credit:
                 events += self._judge(row, history)
-            elif row.type != MutationType.DEBIT and not history:
+            elif row.type != debit and not history:
                 events.append(UnknownRow(row))
         return events
 
@@ -304,30 +315,41 @@ class ReconciliationEngine:
         remembered until now is not judged again by this call.
         """
         horizon = self._next_horizon(now)
+        local_horizon = horizon.astimezone(JAKARTA)
         seen = self._seen.keys
         fresh: list[_Fresh] = []
         for position, row in enumerate(rows):
             if row.key in seen:
                 continue
             date = row.date
-            if date.tzinfo is None or date.utcoffset() is None:
+            zone = date.tzinfo
+            if zone is not JAKARTA and (zone is None or date.utcoffset() is None):
                 raise ValueError(
                     f"row {row.key!r} has a naive date; feed dates must be timezone-aware"
                 )
-            if date >= horizon:
+            if date >= local_horizon:
                 fresh.append((date, -position, row))
         self._advance(horizon)
-        fresh.sort(key=_PROCESSING_ORDER)
+        # (date, -position) is unique, so the tuples sort without a key function
+        # and never compare the rows themselves.
+        fresh.sort()
         return fresh
 
     def _judge(self, row: Mutation, history: bool) -> list[Event]:
+        book = self._book
+        amount = row.amount
+        if amount not in book.open_by_total and amount not in book.closed_by_total:
+            # No invoice, open or closed, has this total: rules 4, 5 and 8 all
+            # come to the same verdict, reached without asking each of them.
+            return [] if history else [UnmatchedCredit(row)]
         date = row.date
         skew = self._skew
-        same_total = self._book.open_by_total.get(row.amount, ())
+        same_total = book.open_by_total.get(amount, ())
+        earliest_end = date - skew  # inside a window: start <= date <= expired_at + skew
         fitting = [
             record
             for record in same_total
-            if record.start <= date <= record.invoice.expired_at + skew
+            if record.start <= date and earliest_end <= record.invoice.expired_at
         ]
         if len(fitting) == 1:
             paid = self._book.close(fitting[0], Closing.CREDIT, date)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import attrs
 
-from . import _http
+from . import _client, _http
 from ._checks import (
     check_account_name,
     check_account_number,
@@ -60,7 +61,7 @@ def _unwrap(body: Any) -> Any:
     return body
 
 
-class GatewayClient(_http.ClientBase):
+class GatewayClient(_client.ClientBase):
     """Async client of the payment gateway.
 
     ::
@@ -86,11 +87,13 @@ class GatewayClient(_http.ClientBase):
         http_client: _http.AsyncClient | None = None,
         transport: _http.Transport | None = None,
         deadline: float | None = None,
+        rng: random.Random | None = None,
     ):
         super().__init__(
-            _http.Connection(base_url, timeout, max_retries, http_client, transport, deadline),
+            _client.Connection(base_url, timeout, max_retries, http_client, transport, deadline),
             credentials={"api_key": api_key},
             secrets={"apikey": api_key},
+            rng=rng,
         )
         self.endpoints = endpoints
 

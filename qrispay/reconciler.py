@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import random
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -113,6 +114,7 @@ class Reconciler:
         policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], datetime] | None = None,
         event_buffer: int = 1000,
+        rng: random.Random | None = None,
     ):
         if static_qris is not None:
             qris.parse(static_qris)  # a bad payload fails here, not at the first invoice
@@ -127,7 +129,8 @@ class Reconciler:
         self.stats = ReconcilerStats()
         self._clock = clock or _utc_now
         self._engine = engine
-        self._schedule = Schedule(policy)
+        # Seeded, the backoff jitter (and so a run with faults) repeats exactly.
+        self._schedule = Schedule(policy) if rng is None else Schedule(policy, rng)
         self._hub = EventHub(event_buffer)
         self._wake = anyio.Event()
         self._running = False
