@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from ._http import Connection, HTTPCore
 
-__all__ = ["ClientBase", "Connection", "check_client_args"]  # Connection re-exported
+__all__ = ["ClientBase", "check_client_args"]
 
 
 def check_client_args(

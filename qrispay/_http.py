@@ -129,10 +129,10 @@ class _Call:
 
 @attrs.frozen
 class Answered:
-    """A successful answer: its decoded body and its bytes."""
+    """A successful answer's decoded body (any JSON value, so wrapped to tell
+    it from a ``Failure``)."""
 
     body: Any
-    content: bytes = attrs.field(repr=False)
 
 
 def _decode(content: bytes) -> tuple[Any, str | None]:
@@ -238,21 +238,7 @@ class HTTPCore:
         server) is sent again only when it provably never left, and an answer
         that does not say what happened raises ``OutcomeUnknownError``.
         """
-        call = self._call(method, path, operation, params, json_body, idempotent, op_params)
-        answered = await self._send(call, max_retries)
-        return answered.body
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        operation: str,
-        params: Mapping[str, Any] | None,
-        json_body: Any,
-        idempotent: bool,
-        op_params: Mapping[str, Any] | None,
-    ) -> _Call:
-        return _Call(
+        call = _Call(
             method=method,
             path=path,
             query={**(params or {}), **self._secrets},
@@ -261,6 +247,7 @@ class HTTPCore:
             operation=operation,
             op_params=dict(op_params or {}),
         )
+        return (await self._send(call, max_retries)).body
 
     async def _send(self, call: _Call, max_retries: int | None) -> Answered:
         client = self._http()
@@ -269,9 +256,10 @@ class HTTPCore:
         attempt = 0
         while True:
             remaining = None if end is None else end - anyio.current_time()
-            failure = await self._attempt(client, call, remaining)
-            if isinstance(failure, Answered):
-                return failure
+            outcome = await self._attempt(client, call, remaining)
+            if isinstance(outcome, Answered):
+                return outcome
+            failure = outcome
             if failure.may_have_left and not call.idempotent:
                 raise call.outcome_unknown(failure, self.redactor)
             if not failure.retryable or attempt >= retries:
@@ -319,7 +307,7 @@ class HTTPCore:
         logger.debug("%s %s -> %d (%d bytes)", method, path, status, len(content))
         body, unreadable = _decode(content)
         if status < 400 and unreadable is None and body_error(body) is None:
-            return Answered(body, content)
+            return Answered(body)
         return _failures.from_answer(
             response,
             body,

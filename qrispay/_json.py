@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BACKEND", "MAX_BODY", "JSONTooDeep", "loads"]
+__all__ = ["MAX_BODY", "JSONTooDeep", "loads"]
 
 #: The largest answer read, in bytes; a longer one is refused unread.
 MAX_BODY = 32 * 1024 * 1024
@@ -42,10 +42,6 @@ _LONG_NUMBER = b"0" * 20
 
 def _has_long_number(content: bytes) -> bool:
     return _LONG_NUMBER in content.translate(_DIGITS)
-
-
-#: Which decoder reads answers: ``"orjson"`` or ``"json"``.
-BACKEND = "json" if _fast is None else "orjson"
 
 
 def loads(content: bytes, *, fast: bool = True) -> Any:

@@ -251,8 +251,8 @@ class AnswerReader:
                 items[i] = read(data[i])
                 models.append(i)
             except ValueError as exc:
-                items[i] = self._rejection(data[i], exc)
-                if limit_row(data[i]) is not data[i]:
+                items[i], cut = self._rejection(data[i], exc)
+                if cut:
                     beyond.append(i)
         # One search for every secret in every text of the new rows, not one per field.
         texts = "\x00".join([getattr(items[i], name) for i in models for name in _TEXT_FIELDS])
@@ -277,7 +277,8 @@ class AnswerReader:
         if len(self._shapes) > 64:
             self._shapes.clear()
 
-    def _rejection(self, raw: Any, error: ValueError) -> RejectedRow:
+    def _rejection(self, raw: Any, error: ValueError) -> tuple[RejectedRow, bool]:
+        """The rejected row, and whether it was beyond the limits (cut to size)."""
         redactor = self._redactor
         limited = limit_row(raw)
         safe = redactor.scrub_obj(limited)
@@ -289,7 +290,7 @@ class AnswerReader:
                 mutation_from_row(safe)
             except ValueError as again:
                 reason = str(again)
-        return RejectedRow(safe, redactor.scrub(reason))
+        return RejectedRow(safe, redactor.scrub(reason)), limited is not raw
 
     def _scrubbed(self, row: Mutation) -> Mutation:
         redactor = self._redactor

@@ -90,7 +90,7 @@ class GatewayClient(_client.ClientBase):
         rng: random.Random | None = None,
     ):
         super().__init__(
-            _client.Connection(base_url, timeout, max_retries, http_client, transport, deadline),
+            _http.Connection(base_url, timeout, max_retries, http_client, transport, deadline),
             credentials={"api_key": api_key},
             secrets={"apikey": api_key},
             rng=rng,

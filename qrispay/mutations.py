@@ -47,7 +47,7 @@ class MutationClient(_client.ClientBase):
         rng: random.Random | None = None,
     ):
         super().__init__(
-            _client.Connection(base_url, timeout, max_retries, http_client, transport, deadline),
+            _http.Connection(base_url, timeout, max_retries, http_client, transport, deadline),
             credentials={"auth": auth, "merchant": merchant, "token": token},
             secrets={"auth": auth, "token": token},
             rng=rng,
