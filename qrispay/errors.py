@@ -28,6 +28,8 @@ __all__ = [
     "ReconcilerStoppedError",
     "ResponseDecodeError",
     "ServerError",
+    "StoreError",
+    "StoreSchemaError",
     "TotalConflictError",
 ]
 
@@ -236,3 +238,15 @@ class InvoiceCancelledError(_InvoiceClosedError):
     """The invoice was cancelled unpaid (from ``wait_for_payment``)."""
 
     _verb = "was cancelled unpaid"
+
+
+class StoreError(QrispayError):
+    """A store cannot be used: its file is not a qrispay database, is damaged, or
+    holds data this qrispay cannot read. Nothing was changed by the call that
+    raised it."""
+
+
+class StoreSchemaError(StoreError):
+    """The store's schema is newer than this qrispay knows (written by a later
+    release): upgrade qrispay, or open another store. It is never migrated
+    backwards."""

@@ -9,7 +9,9 @@ health of the feed.
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeAlias
+import hashlib
+import json
+from typing import Any, ClassVar, TypeAlias
 
 import attrs
 
@@ -47,6 +49,11 @@ class InvoicePaid:
     mutation: Mutation | None
     source: str
 
+    @property
+    def id(self) -> str:
+        """``paid:<invoice id>`` (docs/design.md, "Event ids")."""
+        return f"paid:{self.invoice.invoice_id}"
+
 
 @attrs.frozen
 class InvoiceExpired:
@@ -55,6 +62,11 @@ class InvoiceExpired:
     kind: ClassVar[str] = "invoice.expired"
 
     invoice: Invoice
+
+    @property
+    def id(self) -> str:
+        """``expired:<invoice id>`` (docs/design.md, "Event ids")."""
+        return f"expired:{self.invoice.invoice_id}"
 
 
 @attrs.frozen
@@ -65,6 +77,11 @@ class InvoiceCancelled:
     kind: ClassVar[str] = "invoice.cancelled"
 
     invoice: Invoice
+
+    @property
+    def id(self) -> str:
+        """``cancelled:<invoice id>`` (docs/design.md, "Event ids")."""
+        return f"cancelled:{self.invoice.invoice_id}"
 
 
 @attrs.frozen
@@ -78,6 +95,11 @@ class LatePayment:
     invoice: Invoice
     mutation: Mutation
 
+    @property
+    def id(self) -> str:
+        """``late:<row key>`` (docs/design.md, "Event ids")."""
+        return f"late:{self.mutation.key}"
+
 
 @attrs.frozen
 class DuplicatePayment:
@@ -89,6 +111,11 @@ class DuplicatePayment:
     invoice: Invoice
     mutation: Mutation
 
+    @property
+    def id(self) -> str:
+        """``duplicate:<row key>`` (docs/design.md, "Event ids")."""
+        return f"duplicate:{self.mutation.key}"
+
 
 @attrs.frozen
 class UnmatchedCredit:
@@ -98,6 +125,11 @@ class UnmatchedCredit:
     kind: ClassVar[str] = "payment.unmatched"
 
     mutation: Mutation
+
+    @property
+    def id(self) -> str:
+        """``unmatched:<row key>`` (docs/design.md, "Event ids")."""
+        return f"unmatched:{self.mutation.key}"
 
 
 @attrs.frozen
@@ -111,6 +143,11 @@ class AmbiguousCredit:
     mutation: Mutation
     candidates: tuple[Invoice, ...]
 
+    @property
+    def id(self) -> str:
+        """``ambiguous:<row key>`` (docs/design.md, "Event ids")."""
+        return f"ambiguous:{self.mutation.key}"
+
 
 @attrs.frozen
 class UnknownRow:
@@ -120,6 +157,11 @@ class UnknownRow:
 
     mutation: Mutation
 
+    @property
+    def id(self) -> str:
+        """``unknown:<row key>`` (docs/design.md, "Event ids")."""
+        return f"unknown:{self.mutation.key}"
+
 
 @attrs.frozen
 class RejectedRows:
@@ -128,6 +170,12 @@ class RejectedRows:
     kind: ClassVar[str] = "feed.rejected_rows"
 
     rows: tuple[RejectedRow, ...]
+
+    @property
+    def id(self) -> str:
+        """``rejected:<digest>``, the digest (blake2b-128) of the raw rows as canonical
+        JSON, so the same rows give the same id in every process."""
+        return f"rejected:{digest([row.raw for row in self.rows])}"
 
 
 @attrs.frozen
@@ -141,6 +189,21 @@ class BalanceGap:
     before: Mutation
     after: Mutation
     missing: int
+
+    @property
+    def id(self) -> str:
+        """``gap:<key of before>:<key of after>``."""
+        return f"gap:{self.before.key}:{self.after.key}"
+
+
+def digest(value: Any) -> str:
+    """blake2b-128 of ``value`` as canonical JSON (sorted keys, no spaces); a
+    value with no JSON form is written as its ``repr``. Part of event ids: never
+    change it."""
+    text = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr
+    )
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 Event: TypeAlias = (

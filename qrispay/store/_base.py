@@ -1,0 +1,193 @@
+"""The one small interface every store implements, and the values it moves.
+
+A store keeps, per merchant, what the engine knows and every event it
+produced, and applies each poll's changes in one transaction
+(docs/design.md, "Stores"). The values crossing the interface are already
+plain (JSON text, integers, UTC microseconds), so a store never imports the
+engine and every store writes exactly the same data.
+"""
+
+from __future__ import annotations
+
+import abc
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+
+from .._codec import load_event
+from ..events import Event
+
+__all__ = [
+    "PAYOUT_STATES",
+    "Changes",
+    "MerchantState",
+    "PayoutEntry",
+    "Store",
+    "StoredEvent",
+    "from_micros",
+    "micros",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def micros(value: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (UTC)."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    """The UTC datetime of ``micros()``."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
+@attrs.frozen
+class StoredEvent:
+    """An event as committed: its place in the merchant's commit order (``seq``),
+    its id, kind, when it was committed, and its fields as JSON data."""
+
+    seq: int
+    id: str
+    kind: str
+    created_at: datetime
+    data: dict[str, Any] = attrs.field(repr=False)
+
+    def event(self) -> Event:
+        """The event itself."""
+        return load_event(self.kind, self.data)
+
+
+@attrs.frozen
+class MerchantState:
+    """Everything a store holds for one merchant, as ``load()`` reads it.
+
+    ``meta`` is the engine's small state and the poller's times (JSON data),
+    ``records`` one JSON text per tracked invoice, ``seen`` and ``rejected``
+    the remembered row keys with their dates (UTC microseconds), ``last_seq``
+    the ``seq`` of the last committed event (0 for none).
+    """
+
+    meta: dict[str, Any]
+    records: list[str]
+    seen: list[tuple[str, int]]
+    rejected: list[tuple[str, int]]
+    last_seq: int
+
+
+@attrs.frozen
+class Changes:
+    """What one commit writes for one merchant.
+
+    ``meta`` replaces the stored one (it is small). ``records`` are upserted by
+    invoice id as ``(invoice_id, total, state, json)``, ``forgotten`` deleted;
+    ``seen`` and ``rejected`` keys are added, and every remembered key dated
+    before ``horizon`` (UTC microseconds) is dropped. ``events`` are
+    ``(id, kind, json)`` in publishing order; an id the merchant already has is
+    skipped, so a fact committed once is never stored or published twice.
+    """
+
+    meta: dict[str, Any]
+    records: list[tuple[str, int, str, str]] = attrs.field(factory=list)
+    forgotten: list[str] = attrs.field(factory=list)
+    seen: list[tuple[str, int]] = attrs.field(factory=list)
+    rejected: list[tuple[str, int]] = attrs.field(factory=list)
+    horizon: int | None = None
+    events: list[tuple[str, str, str]] = attrs.field(factory=list)
+    committed_at: datetime = attrs.field(factory=lambda: datetime.now(timezone.utc))
+
+
+@attrs.frozen
+class PayoutEntry:
+    """One withdrawal intent, keyed by the caller's idempotency key within a scope
+    (the gateway account). ``state`` is ``"intent"`` (committed, the request may be
+    under way), ``"done"`` (``result`` is the withdrawal as JSON text) or
+    ``"unknown"`` (sent, no answer said what happened). ``withdraw_id`` is the
+    gateway's id once known; one withdrawal is claimed by one intent at most."""
+
+    scope: str
+    key: str
+    request: str
+    state: str
+    result: str | None
+    withdraw_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+PAYOUT_STATES = ("intent", "done", "unknown")
+
+
+class Store(abc.ABC):
+    """Where a Reconciler keeps what it knows. ``async with store:`` opens and
+    closes it; a store is also opened on first use and closed by ``aclose()``.
+    One store holds any number of merchants, each keyed by
+    ``MutationClient.merchant``."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open (and create or migrate) the store; opening an open store does nothing."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the store's connections; closing a closed store does nothing."""
+
+    @abc.abstractmethod
+    async def load(self, merchant: str) -> MerchantState | None:
+        """What the store holds for ``merchant``, or None if it holds nothing."""
+
+    @abc.abstractmethod
+    async def commit(self, merchant: str, changes: Changes) -> list[StoredEvent]:
+        """Apply ``changes`` in one transaction: all of them or none. Returns the
+        events newly stored, in commit order (those whose id was already stored
+        are left out)."""
+
+    @abc.abstractmethod
+    async def events_after(self, merchant: str, seq: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events of ``merchant`` committed after ``seq``, oldest first."""
+
+    @abc.abstractmethod
+    async def event_seq(self, merchant: str, event_id: str) -> int:
+        """The ``seq`` of a stored event; ``KeyError(event_id)`` if it is not stored."""
+
+    # -- payouts: see qrispay.payouts ---------------------------------------------
+
+    @abc.abstractmethod
+    async def payout_claim(
+        self, scope: str, key: str, request: str, now: datetime
+    ) -> tuple[PayoutEntry, bool]:
+        """In one atomic step: the entry of ``(scope, key)`` if there is one, with
+        False; else a new ``"intent"`` entry holding ``request`` (JSON text), with
+        True. Committed before it returns."""
+
+    @abc.abstractmethod
+    async def payout_settle(
+        self,
+        scope: str,
+        key: str,
+        *,
+        state: str | None,
+        result: str | None,
+        withdraw_id: str | None,
+        now: datetime,
+    ) -> None:
+        """Record what became of an intent: ``state`` ``"done"`` or ``"unknown"``
+        (``result``, ``withdraw_id`` with it), or None to delete the entry (a
+        definite refusal frees the key). ``KeyError`` if there is no entry;
+        ``StoreError`` if ``withdraw_id`` is already claimed by another entry."""
+
+    @abc.abstractmethod
+    async def payouts_in(self, scope: str, state: str) -> list[PayoutEntry]:
+        """The entries of ``scope`` in ``state``, oldest first."""
+
+    @abc.abstractmethod
+    async def payout_claimed_ids(self, scope: str) -> set[str]:
+        """Every ``withdraw_id`` some entry of ``scope`` holds."""
