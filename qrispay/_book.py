@@ -12,6 +12,7 @@ import heapq
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
+from ._journal import Journal
 from ._state import Closing, State, after, status_of
 from .models import Invoice, InvoiceStatus, Mutation
 
@@ -101,6 +102,8 @@ class InvoiceBook:
         self.seq = 0
         #: When the last close's late grace ends: a late payment may come until then.
         self.busy_until: datetime | None = None
+        #: Notes the records added, changed and forgotten, when a store keeps them.
+        self.journal: Journal | None = None
 
     # -- adding -------------------------------------------------------------------
 
@@ -109,7 +112,13 @@ class InvoiceBook:
         record = Tracked(invoice, start)
         self.records[invoice.invoice_id] = record
         self._add_open(record)
+        self.touch(record)
         return record
+
+    def touch(self, record: Tracked) -> None:
+        """Note that ``record`` changed (for the store, if there is one)."""
+        if self.journal is not None:
+            self.journal.records.add(record.invoice.invoice_id)
 
     def adopt(self, record: Tracked) -> None:
         """Take back a record as it was (a restored snapshot), open or closed."""
@@ -256,6 +265,7 @@ class InvoiceBook:
         record.seq = self.seq
         record.invoice = _with_status(invoice, status_of(state))
         self._add_closed(record)
+        self.touch(record)
         busy_until = at + self._late_grace
         if self.busy_until is None or busy_until > self.busy_until:
             self.busy_until = busy_until
@@ -292,6 +302,9 @@ class InvoiceBook:
             if record is None or record.seq != seq or record.state is State.OPEN:
                 continue
             del self.records[invoice_id]
+            if self.journal is not None:
+                self.journal.records.discard(invoice_id)
+                self.journal.forgotten.add(invoice_id)
             same_total = self.closed_by_total[record.invoice.total]
             same_total.remove(record)
             if not same_total:

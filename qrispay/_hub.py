@@ -41,14 +41,15 @@ class EventSubscription:
 
     def __init__(self, owner: EventHub, buffer: int):
         self._owner = owner
-        self._send, self._receive = anyio.create_memory_object_stream[Event](buffer)
+        # Each event with its commit ``seq`` (0 without a store), for a replaying reader.
+        self._send, self._receive = anyio.create_memory_object_stream[tuple[int, Event]](buffer)
         self._overflowed = False
 
-    def _offer(self, event: Event) -> None:
+    def _offer(self, event: Event, seq: int) -> None:
         if self._overflowed:
             return
         try:
-            self._send.send_nowait(event)
+            self._send.send_nowait((seq, event))
         except anyio.WouldBlock:
             self._overflowed = True
             self._send.close()
@@ -60,6 +61,10 @@ class EventSubscription:
         return self
 
     async def __anext__(self) -> Event:
+        return (await self._next())[1]
+
+    async def _next(self) -> tuple[int, Event]:
+        """The next event with its ``seq``."""
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
@@ -113,13 +118,14 @@ class EventHub:
 
     # -- publishing ----------------------------------------------------------
 
-    def publish(self, events: list[Event]) -> None:
-        """Hand each event to the waiters it settles and to every subscriber."""
-        for event in events:
+    def publish(self, events: list[tuple[int, Event]]) -> None:
+        """Hand each event (with its commit ``seq``) to the waiters it settles and
+        to every subscriber."""
+        for seq, event in events:
             if isinstance(event, (InvoicePaid, InvoiceExpired, InvoiceCancelled)):
                 self._settle(event)
             for subscriber in list(self._subscribers):
-                subscriber._offer(event)
+                subscriber._offer(event, seq)
 
     def _settle(self, event: Outcome) -> None:
         invoice_id = event.invoice.invoice_id

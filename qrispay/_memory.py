@@ -20,12 +20,15 @@ class ExpiringMemory:
     still inside the retention window is never lost.
     """
 
-    __slots__ = ("_order", "keys")
+    __slots__ = ("_order", "added", "keys")
 
     def __init__(self, items: Iterable[tuple[datetime, str]] = ()) -> None:
         self._order = list(items)
         heapq.heapify(self._order)
         self.keys = {key for _, key in self._order}
+        #: When a store keeps the keys: the ``(key, date)`` pairs remembered since it
+        #: was last emptied.
+        self.added: list[tuple[str, datetime]] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -37,6 +40,8 @@ class ExpiringMemory:
         """Remember a key not yet known, dated ``date``."""
         self.keys.add(key)
         heapq.heappush(self._order, (date, key))
+        if self.added is not None:
+            self.added.append((key, date))
 
     def remember_new(self, key: str, date: datetime) -> bool:
         """Remember ``key`` dated ``date`` unless it is known: True if it was not."""

@@ -371,6 +371,7 @@ class ReconciliationEngine:
             if waiting.waiting is None:
                 waiting.waiting = []
             waiting.waiting.append(row)
+            self._book.touch(waiting)
             return []
         return [self._judge_closed(row)]
 
@@ -379,6 +380,7 @@ class ReconciliationEngine:
         owed = self._book.owed_report(row.amount, row.date)
         if owed is not None:
             owed.owed = False
+            self._book.touch(owed)
         return owed is not None
 
     def _judge_closed(self, row: Mutation) -> Event:

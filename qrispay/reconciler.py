@@ -14,7 +14,7 @@ import math
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, overload
 
 import anyio
 import anyio.abc
@@ -28,6 +28,8 @@ from ._hub import EventHub, EventSubscription, paid_or_raise
 from ._issuing import CANCEL_BUDGET as CANCEL_BUDGET  # importable from here, as before
 from ._issuing import MAX_CREATIONS as MAX_CREATIONS
 from ._issuing import create_at_gateway, create_local
+from ._keeper import Keeper
+from ._replay import ReplaySubscription
 from .engine import ReconciliationEngine
 from .errors import (
     AuthenticationError,
@@ -41,6 +43,7 @@ from .gateway import GatewayClient
 from .models import Invoice, InvoiceStatus
 from .mutations import MutationClient
 from .polling import PollPolicy, Schedule
+from .store._base import Store
 
 __all__ = ["EventSubscription", "Reconciler", "ReconcilerStats"]
 
@@ -72,6 +75,7 @@ class ReconcilerStats:
     last_success: datetime | None = None
     last_error: str | None = None
     gateway_checks: int = 0
+    commit_failures: int = 0
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -115,12 +119,21 @@ class Reconciler:
         clock: Callable[[], datetime] | None = None,
         event_buffer: int = 1000,
         rng: random.Random | None = None,
+        store: Store | None = None,
+        lease_ttl: float = 90.0,
+        worker_id: str | None = None,
     ):
         if static_qris is not None:
             qris.parse(static_qris)  # a bad payload fails here, not at the first invoice
         if not isinstance(invoice_ttl, timedelta) or invoice_ttl <= timedelta(0):
             raise ValueError("invoice_ttl must be a positive timedelta")
         require_positive_int(event_buffer, "event_buffer")
+        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)):
+            raise TypeError("lease_ttl must be a number of seconds")
+        if not lease_ttl > policy.interval:
+            raise ValueError("lease_ttl must be longer than the poll interval (ttl + margin)")
+        if store is not None and not isinstance(store, Store):
+            raise TypeError(f"store must be a qrispay Store, not {type(store).__name__}")
         self.feed = feed
         self.gateway = gateway
         self.static_qris = static_qris
@@ -129,6 +142,10 @@ class Reconciler:
         self.stats = ReconcilerStats()
         self._clock = clock or _utc_now
         self._engine = engine
+        self.store = store
+        self.lease_ttl = float(lease_ttl)
+        self.worker_id = worker_id
+        self._keeper = None if store is None else Keeper(store, feed.merchant, self._now)
         # Seeded, the backoff jitter (and so a run with faults) repeats exactly.
         self._schedule = Schedule(policy) if rng is None else Schedule(policy, rng)
         self._hub = EventHub(event_buffer)
@@ -144,10 +161,22 @@ class Reconciler:
 
     @property
     def engine(self) -> ReconciliationEngine:
-        """The engine (made on first use, started at the clock's now)."""
+        """The engine (made on first use, started at the clock's now). With a
+        store, the stored one, available once the Reconciler has started."""
+        if self._keeper is not None and not self._keeper.loaded:
+            raise RuntimeError(
+                "this Reconciler keeps its state in a store, which is read when it "
+                "starts: start it first (async with, or task_group.start(rec.run)); to "
+                "seed an empty store with invoices, track them in an engine passed as engine="
+            )
         if self._engine is None:
             self._engine = ReconciliationEngine(started_at=self._now())
         return self._engine
+
+    @property
+    def is_polling(self) -> bool:
+        """True while this Reconciler's loop runs and polls the feed."""
+        return self._running and (self._keeper is None or self._keeper.loaded)
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -185,7 +214,13 @@ class Reconciler:
         self._running = True
         self._hub.open()
         try:
+            if self._keeper is not None and not self._keeper.loaded:
+                self._engine = await self._keeper.load(self._engine, self._new_engine)
+                self._keeper.resume(self._schedule, self._now())
             self.engine  # noqa: B018 - made now, so started_at is the start of the loop
+            fatal = await self._check_gateway()
+            if fatal is not None:
+                raise fatal
             # A second run still owes the cache its window (and a 429 its wait).
             await _sleep_until(self._schedule.next_start(busy=True))
             async with anyio.create_task_group() as self._checks:
@@ -203,6 +238,22 @@ class Reconciler:
             self._checking.clear()
             self._running = False
             self._hub.close()
+
+    def _new_engine(self) -> ReconciliationEngine:
+        return ReconciliationEngine(started_at=self._now())
+
+    async def _check_gateway(self) -> Exception | None:
+        """One cheap authenticated call, so that a wrong gateway key or URL fails
+        at start-up, not at the first customer. Other failures only warn."""
+        if self.gateway is None:
+            return None
+        try:
+            await self.gateway.get_balance()
+        except _FATAL_AT_START as error:
+            return error
+        except Exception as error:
+            logger.warning("could not check the gateway at start-up: %s", error)
+        return None
 
     async def _wait_for_next_poll(self) -> None:
         while True:
@@ -232,17 +283,20 @@ class Reconciler:
         except RateLimitError as error:
             self._schedule.rate_limited(error.retry_after)
             self._failed(error, rate_limited=True)
+            await self._commit([], fetch_started)
             return None
         except _FATAL_AT_START as error:
             if first:
                 return error
             self._schedule.failed()
             self._failed(error)
+            await self._commit([], fetch_started)
             return None
         except Exception as error:
             # Whatever went wrong, the loop goes on; the schedule backs off.
             self._schedule.failed()
             self._failed(error)
+            await self._commit([], fetch_started)
             return None
         self._schedule.succeeded()
         now = self._now()
@@ -251,9 +305,26 @@ class Reconciler:
         self.stats.last_error = None
         self.stats.rows_seen += len(batch)
         self.stats.rows_rejected += len(batch.rejected)
-        self._publish(self.engine.ingest(batch, now=now, rejected=batch.rejected))
-        self._expire_due(fetch_started)
+        events = self.engine.ingest(batch, now=now, rejected=batch.rejected)
+        events += self._expire_due(fetch_started)
+        await self._commit(events, fetch_started)
         return None
+
+    async def _commit(self, events: list[Event], fetch_started: datetime | None = None) -> None:
+        """Store, then publish (without a store: publish). A poll's commit that
+        fails is logged; its changes and events wait for the next commit."""
+        if self._keeper is None:
+            self._publish([(0, event) for event in events])
+            return
+        if fetch_started is not None:
+            self._keeper.fetched(fetch_started, self._schedule)
+            try:
+                await self._keeper.commit(self.engine, events, self._publish)
+            except Exception as error:
+                self.stats.commit_failures += 1
+                logger.error("could not commit to the store (kept for the next try): %s", error)
+            return
+        await self._keeper.commit(self.engine, events, self._publish)
 
     def _failed(self, error: BaseException, *, rate_limited: bool = False) -> None:
         self.stats.failures += 1
@@ -270,30 +341,33 @@ class Reconciler:
             exc_info=not isinstance(error, QrispayError),
         )
 
-    def _expire_due(self, fetch_started: datetime) -> None:
+    def _expire_due(self, fetch_started: datetime) -> list[Event]:
         engine = self.engine
         # `now` for expire() is the fetch's start minus skew, so an invoice closes
         # only if this fetch started after its expired_at + skew.
         cutoff = fetch_started - engine.skew
         due = engine.due_for_expiry(cutoff)
         if self.gateway is None:
-            self._publish(engine.expire(now=cutoff, invoice_ids=due))
-            return
+            return engine.expire(now=cutoff, invoice_ids=due)
         assert self._checks is not None
         for invoice_id in due:
             if invoice_id not in self._checking:
                 self._checking.add(invoice_id)
                 self._checks.start_soon(self._check_then_expire, invoice_id, cutoff)
+        return []
 
     async def _check_then_expire(self, invoice_id: str, cutoff: datetime) -> None:
         try:
             async with self._check_limiter:
                 self.stats.gateway_checks += 1
                 answer = await self._ask_gateway(invoice_id)
+                events: list[Event] = []
                 if answer is GatewayAnswer.PAID:
-                    self._publish(self.engine.mark_paid(invoice_id, now=self._now()))
+                    events = self.engine.mark_paid(invoice_id, now=self._now())
                 elif answer is GatewayAnswer.UNPAID:
-                    self._publish(self.engine.expire(now=cutoff, invoice_ids=[invoice_id]))
+                    events = self.engine.expire(now=cutoff, invoice_ids=[invoice_id])
+                if events:
+                    await self._commit(events)
         finally:
             self._checking.discard(invoice_id)
 
@@ -326,28 +400,54 @@ class Reconciler:
 
     # -- events --------------------------------------------------------------
 
-    def _publish(self, events: list[Event]) -> None:
+    def _publish(self, events: list[tuple[int, Event]]) -> None:
         counts = self.stats.events
-        for event in events:
+        for _, event in events:
             # Keyed by class name ("InvoicePaid"), as ReconcilerStats.events always was.
             name = type(event).__name__
             counts[name] = counts.get(name, 0) + 1
         self._hub.publish(events)
 
-    def events(self, *, buffer: int | None = None) -> EventSubscription:
-        """Subscribe to every event from now on (see ``EventSubscription``)."""
-        return self._hub.subscribe(buffer)
+    @overload
+    def events(self, *, after: None = None, buffer: int | None = None) -> EventSubscription: ...
+    @overload
+    def events(self, *, after: str, buffer: int | None = None) -> ReplaySubscription: ...
+    def events(
+        self, *, after: str | None = None, buffer: int | None = None
+    ) -> EventSubscription | ReplaySubscription:
+        """Subscribe to every event from now on (see ``EventSubscription``).
+
+        With ``after=`` an event id (needs a store): first every stored event
+        committed after that one, in commit order, then the live ones, with no
+        gap and no duplicate between the two (see ``ReplaySubscription``). A
+        consumer that remembers the id of the last event it handled resumes
+        with it and misses nothing across its own restarts.
+        """
+        live = self._hub.subscribe(buffer)
+        if after is None:
+            return live
+        if self._keeper is None:
+            raise ValueError("events(after=...) needs a store: Reconciler(..., store=...)")
+        return ReplaySubscription(live, self._keeper.store, self._keeper.merchant, after)
 
     # -- invoices ------------------------------------------------------------
 
     def track(self, invoice: Invoice) -> None:
         """Watch an invoice made elsewhere (``TotalConflictError`` if its total is taken).
 
-        Track the invoices you already have before the first poll, so a payment
-        made while the service was down still pays them.
+        Without a store, track the invoices you already have before the first
+        poll, so a payment made while the service was down still pays them.
+        With a store, the invoice is committed with the next poll at the
+        latest; ``await rec.flush()`` to know it is.
         """
         self.engine.track(invoice, now=self._now())
         self._poke()
+
+    async def flush(self) -> None:
+        """Commit every change not yet stored (tracked invoices, their events);
+        returns once they are. Without a store it returns at once."""
+        if self._keeper is not None:
+            await self._commit([])
 
     async def create_invoice(self, amount: int) -> Invoice:
         """A new invoice, tracked at once.
@@ -359,15 +459,18 @@ class Reconciler:
         a dynamic QRIS payload (``qris_payload``) that carries it.
         """
         if self.gateway is not None:
-            return await create_at_gateway(
+            invoice = await create_at_gateway(
                 self.gateway, self.engine, amount, clock=self._now, on_tracked=self._poke
             )
-        if self.static_qris is None:
+        elif self.static_qris is None:
             raise RuntimeError("create_invoice needs a gateway or a static_qris")
-        invoice = create_local(
-            self.engine, self.static_qris, amount, now=self._now(), ttl=self.invoice_ttl
-        )
-        self._poke()
+        else:
+            invoice = create_local(
+                self.engine, self.static_qris, amount, now=self._now(), ttl=self.invoice_ttl
+            )
+            self._poke()
+        # With a store: returned only once it is committed, so a crash cannot lose it.
+        await self.flush()
         return invoice
 
     async def cancel_invoice(self, invoice_id: str) -> list[Event]:
@@ -380,7 +483,7 @@ class Reconciler:
         if self.gateway is not None:
             await self.gateway.cancel_invoice(invoice_id)
         events = self.engine.cancel(invoice_id, now=self._now())
-        self._publish(events)
+        await self._commit(events)
         return events
 
     async def wait_for_payment(
