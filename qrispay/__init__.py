@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._replay import ReplaySubscription
 from ._version import __version__
 from .engine import ReconciliationEngine
 from .errors import (
@@ -23,6 +24,8 @@ from .errors import (
     ReconcilerStoppedError,
     ResponseDecodeError,
     ServerError,
+    StoreError,
+    StoreSchemaError,
     TotalConflictError,
 )
 from .events import (
@@ -58,6 +61,7 @@ from .models import (
 from .mutations import MutationClient
 from .polling import PollPolicy
 from .reconciler import EventSubscription, Reconciler, ReconcilerStats
+from .store import MemoryStore, Store
 
 __all__ = [
     "__version__",
@@ -107,6 +111,11 @@ __all__ = [
     "RejectedRows",
     "ResponseDecodeError",
     "ServerError",
+    "Store",
+    "StoreError",
+    "StoreSchemaError",
+    "MemoryStore",
+    "ReplaySubscription",
     "TotalConflictError",
     "UnknownRow",
     "UnmatchedCredit",

@@ -30,6 +30,12 @@ PROMISED = {
     "MutationBatch",
     "RejectedRow",
     "JAKARTA",
+    # stores
+    "Store",
+    "MemoryStore",
+    "StoreError",
+    "StoreSchemaError",
+    "ReplaySubscription",
     # clients
     "GatewayClient",
     "GatewayEndpoints",
