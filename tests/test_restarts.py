@@ -262,5 +262,5 @@ async def test_the_cache_window_is_honoured_across_a_restart(world: World) -> No
             await anyio.sleep(INTERVAL / 3)
         async with world.reconciler(store=store):
             await anyio.sleep(1)
-    starts = [at for at, _ in world.transport.feed]
-    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= INTERVAL - 1e-6
+    assert len(world.transport.feed) >= 2
+    assert min(world.transport.gaps()) >= INTERVAL - 1e-6
