@@ -8,7 +8,6 @@ are made in ``_issuing``.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import random
@@ -18,11 +17,11 @@ from typing import Any, overload
 
 import anyio
 import anyio.abc
-import attrs
 from anyio.abc import TaskStatus
 
 from . import qris
 from ._checks import require_positive_int
+from ._gateway_checks import FATAL_AT_START, GatewayAnswer, ask_gateway, check_at_start
 from ._hub import OUTCOMES_KEPT as OUTCOMES_KEPT  # importable from here, as before
 from ._hub import EventHub, EventSubscription, paid_or_raise
 from ._issuing import CANCEL_BUDGET as CANCEL_BUDGET  # importable from here, as before
@@ -30,17 +29,15 @@ from ._issuing import MAX_CREATIONS as MAX_CREATIONS
 from ._issuing import create_at_gateway, create_local
 from ._keeper import Keeper
 from ._replay import ReplaySubscription
+from ._stats import ReconcilerStats
 from .engine import ReconciliationEngine
 from .errors import (
-    AuthenticationError,
-    BadRequestError,
-    NotFoundError,
     QrispayError,
     RateLimitError,
 )
 from .events import Event, InvoicePaid
 from .gateway import GatewayClient
-from .models import Invoice, InvoiceStatus
+from .models import Invoice, MutationBatch
 from .mutations import MutationClient
 from .polling import PollPolicy, Schedule
 from .store._base import Store
@@ -52,44 +49,15 @@ logger = logging.getLogger("qrispay.reconciler")
 #: How many gateway checks may be under way at once.
 GATEWAY_CHECKS_AT_ONCE = 8
 
-# Answers that mean the configuration is wrong, not that the feed is down: at
-# start-up they are raised instead of retried forever.
-_FATAL_AT_START = (AuthenticationError, BadRequestError, NotFoundError)
-
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@attrs.define
-class ReconcilerStats:
-    """Counters of a running Reconciler (read them; do not change them)."""
-
-    polls: int = 0
-    failures: int = 0
-    rate_limited: int = 0
-    consecutive_failures: int = 0
-    rows_seen: int = 0
-    rows_rejected: int = 0
-    events: dict[str, int] = attrs.field(factory=dict)
-    last_success: datetime | None = None
-    last_error: str | None = None
-    gateway_checks: int = 0
-    commit_failures: int = 0
 
 
 async def _sleep_until(deadline: float) -> None:
     left = deadline - anyio.current_time()
     if left > 0:
         await anyio.sleep(left)
-
-
-class GatewayAnswer(enum.Enum):
-    """What asking the gateway about an invoice past its expiry decided."""
-
-    PAID = "paid"  # paid there: mark it paid here
-    UNPAID = "unpaid"  # not paid there: expire it
-    UNKNOWN = "unknown"  # no answer, or nothing to act on: ask again after the next fetch
 
 
 class Reconciler:
@@ -218,7 +186,7 @@ class Reconciler:
                 self._engine = await self._keeper.load(self._engine, self._new_engine)
                 self._keeper.resume(self._schedule, self._now())
             self.engine  # noqa: B018 - made now, so started_at is the start of the loop
-            fatal = await self._check_gateway()
+            fatal = await check_at_start(self.gateway)
             if fatal is not None:
                 raise fatal
             # A second run still owes the cache its window (and a 429 its wait).
@@ -241,19 +209,6 @@ class Reconciler:
 
     def _new_engine(self) -> ReconciliationEngine:
         return ReconciliationEngine(started_at=self._now())
-
-    async def _check_gateway(self) -> Exception | None:
-        """One cheap authenticated call, so that a wrong gateway key or URL fails
-        at start-up, not at the first customer. Other failures only warn."""
-        if self.gateway is None:
-            return None
-        try:
-            await self.gateway.get_balance()
-        except _FATAL_AT_START as error:
-            return error
-        except Exception as error:
-            logger.warning("could not check the gateway at start-up: %s", error)
-        return None
 
     async def _wait_for_next_poll(self) -> None:
         while True:
@@ -283,21 +238,23 @@ class Reconciler:
         except RateLimitError as error:
             self._schedule.rate_limited(error.retry_after)
             self._failed(error, rate_limited=True)
-            await self._commit([], fetch_started)
-            return None
-        except _FATAL_AT_START as error:
+        except FATAL_AT_START as error:
             if first:
                 return error
             self._schedule.failed()
             self._failed(error)
-            await self._commit([], fetch_started)
-            return None
         except Exception as error:
             # Whatever went wrong, the loop goes on; the schedule backs off.
             self._schedule.failed()
             self._failed(error)
-            await self._commit([], fetch_started)
+        else:
+            await self._commit(self._ingest(batch, fetch_started), fetch_started)
             return None
+        # Even a failed fetch counts against the cache window (and sets a backoff).
+        await self._commit([], fetch_started)
+        return None
+
+    def _ingest(self, batch: MutationBatch, fetch_started: datetime) -> list[Event]:
         self._schedule.succeeded()
         now = self._now()
         self.stats.consecutive_failures = 0
@@ -306,9 +263,7 @@ class Reconciler:
         self.stats.rows_seen += len(batch)
         self.stats.rows_rejected += len(batch.rejected)
         events = self.engine.ingest(batch, now=now, rejected=batch.rejected)
-        events += self._expire_due(fetch_started)
-        await self._commit(events, fetch_started)
-        return None
+        return events + self._expire_due(fetch_started)
 
     async def _commit(self, events: list[Event], fetch_started: datetime | None = None) -> None:
         """Store, then publish (without a store: publish). A poll's commit that
@@ -360,7 +315,8 @@ class Reconciler:
         try:
             async with self._check_limiter:
                 self.stats.gateway_checks += 1
-                answer = await self._ask_gateway(invoice_id)
+                assert self.gateway is not None
+                answer = await ask_gateway(self.gateway, self.engine, invoice_id)
                 events: list[Event] = []
                 if answer is GatewayAnswer.PAID:
                     events = self.engine.mark_paid(invoice_id, now=self._now())
@@ -368,35 +324,12 @@ class Reconciler:
                     events = self.engine.expire(now=cutoff, invoice_ids=[invoice_id])
                 if events:
                     await self._commit(events)
+        except Exception as error:
+            # Kept for the next commit: the next poll's commit stores and publishes it.
+            self.stats.commit_failures += 1
+            logger.error("could not commit the gateway check of %s: %s", invoice_id, error)
         finally:
             self._checking.discard(invoice_id)
-
-    async def _ask_gateway(self, invoice_id: str) -> GatewayAnswer:
-        """What the gateway says of an invoice the feed shows unpaid past its
-        expiry. It only asks (and logs); the caller acts on the answer."""
-        assert self.gateway is not None
-        try:
-            invoice = await self.gateway.get_invoice(invoice_id)
-        except NotFoundError:
-            # Unknown there, so never paid there; the feed already says unpaid.
-            logger.warning("the gateway does not know invoice %s; expiring it", invoice_id)
-            return GatewayAnswer.UNPAID
-        except Exception as error:
-            # Unknown is not "unpaid": ask again after the next fetch.
-            logger.warning("could not confirm invoice %s with the gateway: %s", invoice_id, error)
-            return GatewayAnswer.UNKNOWN
-        if self.engine.state_of(invoice_id) is not InvoiceStatus.PENDING:
-            return GatewayAnswer.UNKNOWN  # settled while we asked: nothing left to decide
-        if invoice.status is InvoiceStatus.PAID:
-            return GatewayAnswer.PAID
-        if invoice.status not in (InvoiceStatus.PENDING, InvoiceStatus.EXPIRED):
-            logger.warning(
-                "gateway reports invoice %s as %r; not declaring it expired",
-                invoice_id,
-                invoice.status,
-            )
-            return GatewayAnswer.UNKNOWN
-        return GatewayAnswer.UNPAID
 
     # -- events --------------------------------------------------------------
 
