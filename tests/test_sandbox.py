@@ -1005,3 +1005,18 @@ def test_serve_refuses_non_loopback(sandbox: Sandbox) -> None:
     for host in ("0.0.0.0", "192.168.1.10", "example.com"):
         with pytest.raises(ValueError, match="loopback"), sandbox.serve(host=host):
             pass
+
+
+def test_without_a_seed_no_reference_or_id_repeats_across_runs() -> None:
+    # A restarted `qrispay sandbox` must not hand out a payment reference that a
+    # service keeping its state already saw: it would drop the payment as seen.
+    runs = []
+    for _ in range(2):
+        sandbox = Sandbox(seed=None, gateway_balance=10**9)
+        invoice = sandbox.create_invoice(10_000)
+        row = sandbox.pay(invoice["total"])
+        runs.append((invoice["invoice_id"], row.issuer_reff))
+    assert runs[0][0] != runs[1][0]
+    assert runs[0][1] != runs[1][1]
+    seeded = [Sandbox(seed=7).pay(10_000).issuer_reff for _ in range(2)]
+    assert seeded[0] == seeded[1]  # a seed still reproduces a run exactly

@@ -221,6 +221,10 @@ def register(commands: Any) -> None:
     p.add_argument(
         "--seed",
         type=int_at_least(0),
-        default=0,
-        help="ids and references derive from it (default 0)",
+        default=None,
+        help=(
+            "ids and references derive from it, the same in every run; by default "
+            "they are fresh in every run, so a restarted service never takes a new "
+            "payment for one it saw before"
+        ),
     )

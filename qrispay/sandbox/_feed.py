@@ -86,7 +86,8 @@ class FeedState:
     def _issuer_reff(self) -> str:
         ids = self._shared.ids
         while True:
-            candidate = f"id{ids.randrange(10**10, 10**11)}"
+            digits = self._shared.reff_digits
+            candidate = f"id{ids.randrange(10 ** (digits - 1), 10**digits)}"
             if candidate not in self._reffs:
                 return candidate
 

@@ -33,7 +33,9 @@ class Sandbox:
     check-payment feed, served as an ASGI app (``sandbox.app``).
 
     ``ttl``: seconds a feed answer is reused. ``window``: rows the feed shows.
-    ``seed``: every id, reference and fault draw derives from it. ``clock``:
+    ``seed``: every id, reference and fault draw derives from it; None draws
+    them from the OS, so that no reference or id of an earlier run repeats
+    (what a service that keeps state across restarts needs). ``clock``:
     a zero-argument callable returning an aware datetime (default: wall UTC);
     everything time-based reads it (see ``ManualClock`` and ``LoopClock``).
 
@@ -46,7 +48,7 @@ class Sandbox:
         *,
         ttl: float = 30.0,
         window: int = 20,
-        seed: int = 0,
+        seed: int | None = 0,
         clock: Callable[[], datetime] = utc_now,
         api_key: str = "sandbox-api-key",
         auth: str = "sandbox-auth",
@@ -118,7 +120,7 @@ class Sandbox:
         return self._settings.window
 
     @property
-    def seed(self) -> int:
+    def seed(self) -> int | None:
         return self._settings.seed
 
     @property

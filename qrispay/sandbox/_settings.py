@@ -28,7 +28,7 @@ class SandboxSettings:
 
     ttl: float = 30.0
     window: int = 20
-    seed: int = 0
+    seed: int | None = 0
     clock: Callable[[], datetime] = utc_now
     api_key: str = attrs.field(default="sandbox-api-key", repr=False)
     auth: str = attrs.field(default="sandbox-auth", repr=False)
@@ -61,6 +61,7 @@ def _checks(s: SandboxSettings) -> tuple[tuple[str, bool], ...]:
     # Every test is guarded by its type test, so building the table never raises;
     # the first failure in this order is the one reported.
     return (
+        ("seed must be an int or None", s.seed is None or is_int(s.seed)),
         ("window must be a positive int", isinstance(s.window, int) and s.window >= 1),
         ("max_code must be a positive int", isinstance(s.max_code, int) and s.max_code >= 1),
         ("min_amount must be a positive int", isinstance(s.min_amount, int) and s.min_amount >= 1),

@@ -59,7 +59,13 @@ class Shared:
         self.clock = settings.clock
         self.lock = threading.RLock()
         # Ids have their own stream: they never depend on how many faults were drawn.
-        self.ids = random.Random(settings.seed)
+        # Without a seed they come from the OS, so that no reference of an earlier
+        # run comes again (a service that remembers rows would drop it as seen).
+        self.ids: random.Random = (
+            random.SystemRandom() if settings.seed is None else random.Random(settings.seed)
+        )
+        #: Digits of a row reference: more without a seed, so runs never collide.
+        self.reff_digits = 11 if settings.seed is not None else 18
         self.stats = Stats()
 
     def now(self) -> datetime:
