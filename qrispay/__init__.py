@@ -58,6 +58,7 @@ from .models import (
 from .mutations import MutationClient
 from .polling import PollPolicy
 from .reconciler import EventSubscription, Reconciler, ReconcilerStats
+from .store import SQLiteStore
 
 __all__ = [
     "__version__",
@@ -107,6 +108,7 @@ __all__ = [
     "RejectedRows",
     "ResponseDecodeError",
     "ServerError",
+    "SQLiteStore",
     "TotalConflictError",
     "UnknownRow",
     "UnmatchedCredit",
