@@ -420,7 +420,8 @@ async def test_failure_inside_the_transaction_rolls_back(
 
 
 async def test_unchanged_rows_are_not_rewritten(tmp_path: Path) -> None:
-    async with SQLiteStore(tmp_path / "s.db") as store:
+    store = SQLiteStore(tmp_path / "s.db")
+    async with store:
         changes = Changes(meta={"v": 1}, records=[rec("a"), rec("b")], seen=[("k", 1)])
         await store.commit("m", changes)
         conn = store._conn
@@ -460,7 +461,8 @@ async def test_queries_use_their_indexes(tmp_path: Path) -> None:
 
 async def test_file_settings(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    async with SQLiteStore(path, busy_timeout=2.5) as store:
+    store = SQLiteStore(path, busy_timeout=2.5)
+    async with store:
         conn = store._conn
         assert conn is not None
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -596,8 +598,8 @@ async def test_migration_is_idempotent_between_processes(tmp_path: Path) -> None
             tg.start_soon(store.open)
     for store in stores:
         await store.aclose()
-    async with SQLiteStore(path) as store:
-        assert await store.load("m") is None
+    async with SQLiteStore(path) as reopened:
+        assert await reopened.load("m") is None
 
 
 async def test_repr_shows_only_the_path(tmp_path: Path) -> None:
