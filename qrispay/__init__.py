@@ -61,7 +61,7 @@ from .models import (
 from .mutations import MutationClient
 from .polling import PollPolicy
 from .reconciler import EventSubscription, Reconciler, ReconcilerStats
-from .store import MemoryStore, Store
+from .store import MemoryStore, SQLiteStore, Store
 
 __all__ = [
     "__version__",
@@ -115,6 +115,7 @@ __all__ = [
     "StoreError",
     "StoreSchemaError",
     "MemoryStore",
+    "SQLiteStore",
     "ReplaySubscription",
     "TotalConflictError",
     "UnknownRow",

@@ -33,6 +33,7 @@ PROMISED = {
     # stores
     "Store",
     "MemoryStore",
+    "SQLiteStore",
     "StoreError",
     "StoreSchemaError",
     "ReplaySubscription",

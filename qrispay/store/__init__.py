@@ -9,11 +9,13 @@ from __future__ import annotations
 from ..errors import StoreError, StoreSchemaError
 from ._base import Changes, MerchantState, Store, StoredEvent
 from ._memory import MemoryStore
+from ._sqlite import SQLiteStore
 
 __all__ = [
     "Changes",
     "MemoryStore",
     "MerchantState",
+    "SQLiteStore",
     "Store",
     "StoreError",
     "StoreSchemaError",

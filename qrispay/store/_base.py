@@ -10,6 +10,7 @@ engine and every store writes exactly the same data.
 from __future__ import annotations
 
 import abc
+import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "StoredEvent",
     "from_micros",
     "micros",
+    "prepare",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -65,7 +67,8 @@ class MerchantState:
 
     ``meta`` is the engine's small state and the poller's times (JSON data),
     ``records`` one JSON text per tracked invoice, ``seen`` and ``rejected``
-    the remembered row keys with their dates (UTC microseconds), ``last_seq``
+    the remembered row keys with their dates (UTC microseconds; in no
+    particular order, as each store indexes them its own way), ``last_seq``
     the ``seq`` of the last committed event (0 for none).
     """
 
@@ -96,6 +99,17 @@ class Changes:
     horizon: int | None = None
     events: list[tuple[str, str, str]] = attrs.field(factory=list)
     committed_at: datetime = attrs.field(factory=lambda: datetime.now(timezone.utc))
+
+
+def prepare(changes: Changes) -> tuple[str, list[Any]]:
+    """The checks every store makes before it writes anything, so that every store
+    refuses the same ``Changes`` the same way with nothing changed: the meta as
+    JSON text, and each event's data, parsed (``ValueError`` for bad JSON or an
+    invoice total that is not positive; ``TypeError`` for meta that is not JSON)."""
+    for invoice_id, total, _state, _text in changes.records:
+        if total <= 0:
+            raise ValueError(f"invoice {invoice_id!r} has total {total}; a total is positive")
+    return json.dumps(changes.meta), [json.loads(text) for _, _, text in changes.events]
 
 
 @attrs.frozen

@@ -18,7 +18,15 @@ import anyio
 import attrs
 
 from ..errors import StoreError
-from ._base import PAYOUT_STATES, Changes, MerchantState, PayoutEntry, Store, StoredEvent
+from ._base import (
+    PAYOUT_STATES,
+    Changes,
+    MerchantState,
+    PayoutEntry,
+    Store,
+    StoredEvent,
+    prepare,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -70,12 +78,15 @@ class MemoryStore(Store):
         )
 
     async def commit(self, merchant: str, changes: Changes) -> list[StoredEvent]:
+        # Everything that can fail is checked before the first change, so a commit
+        # is all or nothing here as in a database transaction.
+        meta_text, datas = prepare(changes)
         async with self._lock:
             state = self._merchants.get(merchant)
             if state is None:
                 state = self._merchants[merchant] = _Merchant()
             # A JSON round trip: the store keeps data, never the caller's objects.
-            state.meta = json.loads(json.dumps(changes.meta))
+            state.meta = json.loads(meta_text)
             for invoice_id, _total, _state, text in changes.records:
                 state.records[invoice_id] = text
             for invoice_id in changes.forgotten:
@@ -91,13 +102,11 @@ class MemoryStore(Store):
                 _, which, key = heapq.heappop(order)
                 memories[which].pop(key, None)
             stored: list[StoredEvent] = []
-            for event_id, kind, text in changes.events:
+            for (event_id, kind, _text), data in zip(changes.events, datas, strict=True):
                 if event_id in state.event_ids:
                     continue
                 self._seq += 1
-                event = StoredEvent(
-                    self._seq, event_id, kind, changes.committed_at, json.loads(text)
-                )
+                event = StoredEvent(self._seq, event_id, kind, changes.committed_at, data)
                 state.events.append(event)
                 state.event_ids[event_id] = self._seq
                 stored.append(event)
