@@ -4,7 +4,8 @@ totals survive, and no event id is published twice (docs/design.md, "Stores").""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,16 +22,39 @@ from qrispay import (
     Reconciler,
     UnmatchedCredit,
 )
-from qrispay.store import Changes, StoredEvent
+from qrispay.store import Changes, SQLiteStore, Store, StoredEvent
 
 from .test_reconciler import INTERVAL, World, _static_qris, virtual_backend
 
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    return virtual_backend(request.param)
+def anyio_backend(request: pytest.FixtureRequest, store_kind: str) -> tuple[str, dict[str, Any]]:
+    # SQLite runs in worker threads: time may jump only after a short real idle.
+    return virtual_backend(request.param, idle=0.02 if store_kind == "sqlite" else 0.0)
+
+
+@pytest.fixture
+async def new_store(store_kind: str, tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
+    """Makes the store of this run; each call opens the same data anew, as a
+    restarted process would (a MemoryStore object stands for its data)."""
+    memory = MemoryStore()
+    made: list[Store] = []
+
+    def make() -> Store:
+        store = memory if store_kind == "memory" else SQLiteStore(tmp_path / "qrispay.db")
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.aclose()
 
 
 @pytest.fixture
@@ -47,10 +71,12 @@ class Consumer:
         self.handled: list[Event] = []
         self.last_id: str | None = None
 
-    async def run(self, rec: Reconciler, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        subscription = rec.events() if self.last_id is None else rec.events(after=self.last_id)
+    def subscribe(self, rec: Reconciler) -> Any:
+        """Made before the loop starts, so that the first poll's events reach it."""
+        return rec.events() if self.last_id is None else rec.events(after=self.last_id)
+
+    async def drain(self, subscription: Any) -> None:
         async with subscription as events:
-            task_status.started()
             async for event in events:
                 self.handled.append(event)
                 self.last_id = event.id
@@ -63,20 +89,24 @@ class Consumer:
 
 
 async def _run_for(world: World, rec: Reconciler, consumer: Consumer, seconds: float) -> None:
+    subscription = consumer.subscribe(rec)
     async with anyio.create_task_group() as tg, rec:
-        await tg.start(consumer.run, rec)
+        tg.start_soon(consumer.drain, subscription)
         await anyio.sleep(seconds)
         await anyio.sleep(1)  # let the consumer take what was just published
         tg.cancel_scope.cancel()
 
 
-async def test_the_downtime_s_payments_each_get_one_verdict(world: World) -> None:
-    store = MemoryStore()
+async def test_the_downtime_s_payments_each_get_one_verdict(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    store = new_store()
     consumer = Consumer()
     with anyio.fail_after(4 * 3600):
         rec = world.reconciler(store=store)
+        subscription = consumer.subscribe(rec)
         async with anyio.create_task_group() as tg, rec:
-            await tg.start(consumer.run, rec)
+            tg.start_soon(consumer.drain, subscription)
             on_time = await rec.create_invoice(10_000)
             late = await rec.create_invoice(20_000)
             twice = await rec.create_invoice(30_000)
@@ -99,7 +129,7 @@ async def test_the_downtime_s_payments_each_get_one_verdict(world: World) -> Non
         world.sandbox.pay(late.total)
         await anyio.sleep(60)
 
-        rec2 = world.reconciler(store=store)
+        rec2 = world.reconciler(store=new_store())
         await _run_for(world, rec2, consumer, 20 * 60)
 
     ids = consumer.ids()
@@ -120,22 +150,26 @@ async def test_the_downtime_s_payments_each_get_one_verdict(world: World) -> Non
     assert sorted(verdict_rows) == sorted(row["issuer_reff"] for row in credits)
 
 
-async def test_a_reserved_total_survives_the_restart(world: World) -> None:
-    store = MemoryStore()
+async def test_a_reserved_total_survives_the_restart(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    store = new_store()
     consumer = Consumer()
     with anyio.fail_after(4 * 3600):
         rec = world.reconciler(store=store)
+        subscription = consumer.subscribe(rec)
         async with anyio.create_task_group() as tg, rec:
-            await tg.start(consumer.run, rec)
+            tg.start_soon(consumer.drain, subscription)
             first = await rec.create_invoice(10_000)
             # Let it expire (15 min + skew + a window), then stop.
             await anyio.sleep(18 * 60 + 2 * INTERVAL)
             tg.cancel_scope.cancel()
         assert [e.invoice.invoice_id for e in consumer.of(InvoiceExpired)] == [first.invoice_id]
 
-        rec2 = world.reconciler(store=store)
+        rec2 = world.reconciler(store=new_store())
+        subscription = consumer.subscribe(rec2)
         async with anyio.create_task_group() as tg, rec2:
-            await tg.start(consumer.run, rec2)
+            tg.start_soon(consumer.drain, subscription)
             # The gateway hands out the smallest free code, first's total again:
             # it is still reserved here, so a replacement is made.
             second = await rec2.create_invoice(10_000)
@@ -147,13 +181,16 @@ async def test_a_reserved_total_survives_the_restart(world: World) -> None:
     assert not consumer.of(InvoicePaid)
 
 
-async def test_static_qris_invoices_survive_and_a_consumer_resumes(world: World) -> None:
-    store = MemoryStore()
+async def test_static_qris_invoices_survive_and_a_consumer_resumes(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    store = new_store()
     consumer = Consumer()
     with anyio.fail_after(3600):
         rec = world.reconciler(store=store, gateway=False, static_qris=_static_qris())
+        subscription = consumer.subscribe(rec)
         async with anyio.create_task_group() as tg, rec:
-            await tg.start(consumer.run, rec)
+            tg.start_soon(consumer.drain, subscription)
             first = await rec.create_invoice(10_000)
             second = await rec.create_invoice(10_000)
             world.sandbox.pay(first.total)
@@ -165,7 +202,7 @@ async def test_static_qris_invoices_survive_and_a_consumer_resumes(world: World)
 
         world.sandbox.pay(second.total)  # while down
         await anyio.sleep(60)
-        rec2 = world.reconciler(store=store, gateway=False, static_qris=_static_qris())
+        rec2 = world.reconciler(store=new_store(), gateway=False, static_qris=_static_qris())
         await _run_for(world, rec2, consumer, 2 * INTERVAL)
         invoice = rec2.engine.get(second.invoice_id)
         assert invoice is not None
@@ -175,8 +212,10 @@ async def test_static_qris_invoices_survive_and_a_consumer_resumes(world: World)
     assert paid == [first.invoice_id, second.invoice_id]
 
 
-async def test_replay_after_an_id_then_live_without_gap_or_duplicate(world: World) -> None:
-    store = MemoryStore()
+async def test_replay_after_an_id_then_live_without_gap_or_duplicate(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    store = new_store()
     with anyio.fail_after(3600):
         async with world.reconciler(store=store) as rec:
             invoices = [await rec.create_invoice(10_000 + i * 1000) for i in range(4)]
@@ -195,8 +234,10 @@ async def test_replay_after_an_id_then_live_without_gap_or_duplicate(world: Worl
     assert got == [f"paid:{i.invoice_id}" for i in invoices[1:]]
 
 
-async def test_replay_from_an_unknown_id_raises_key_error(world: World) -> None:
-    store = MemoryStore()
+async def test_replay_from_an_unknown_id_raises_key_error(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    store = new_store()
     with anyio.fail_after(600):
         async with world.reconciler(store=store) as rec:
             with pytest.raises(KeyError):
@@ -204,8 +245,10 @@ async def test_replay_from_an_unknown_id_raises_key_error(world: World) -> None:
                     await events.__anext__()
 
 
-async def test_create_invoice_returns_once_committed(world: World) -> None:
-    store = MemoryStore()
+async def test_create_invoice_returns_once_committed(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    store = new_store()
     with anyio.fail_after(600):
         async with world.reconciler(store=store) as rec:
             invoice = await rec.create_invoice(10_000)
@@ -238,8 +281,10 @@ async def test_a_failed_commit_publishes_nothing_until_a_later_one_succeeds(worl
     store = FlakyStore()
     consumer = Consumer()
     with anyio.fail_after(3600):
-        async with anyio.create_task_group() as tg, world.reconciler(store=store) as rec:
-            await tg.start(consumer.run, rec)
+        rec = world.reconciler(store=store)
+        subscription = consumer.subscribe(rec)
+        async with anyio.create_task_group() as tg, rec:
+            tg.start_soon(consumer.drain, subscription)
             invoice = await rec.create_invoice(10_000)
             store.refuse = 1
             world.sandbox.pay(invoice.total)
@@ -254,13 +299,15 @@ async def test_a_failed_commit_publishes_nothing_until_a_later_one_succeeds(worl
     assert [s.id for s in stored] == [f"paid:{invoice.invoice_id}"]
 
 
-async def test_the_cache_window_is_honoured_across_a_restart(world: World) -> None:
-    store = MemoryStore()
+async def test_the_cache_window_is_honoured_across_a_restart(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    store = new_store()
     with anyio.fail_after(3600):
         async with world.reconciler(store=store) as rec:
             await rec.create_invoice(10_000)
             await anyio.sleep(INTERVAL / 3)
-        async with world.reconciler(store=store):
+        async with world.reconciler(store=new_store()):
             await anyio.sleep(1)
     assert len(world.transport.feed) >= 2
     assert min(world.transport.gaps()) >= INTERVAL - 1e-6

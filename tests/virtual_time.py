@@ -21,7 +21,9 @@ class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
     loop: VirtualTimeLoop
 
     def select(self, timeout: float | None = None) -> list[Any]:
-        events = super().select(0)
+        # With worker threads about (a store's driver), wait a short real while
+        # first, so that time does not race ahead of a thread's result.
+        events = super().select(min(self.loop.idle, timeout) if timeout is not None else 0)
         if not events and timeout is not None and timeout > 0:
             self.loop.virtual_now += timeout
         elif not events and timeout is None:
@@ -32,18 +34,23 @@ class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
+    def __init__(self, idle: float = 0.0) -> None:
         selector = _JumpingSelector()
         super().__init__(selector)
         selector.loop = self
         self.virtual_now = 0.0
+        self.idle = idle
 
     def time(self) -> float:
         return self.virtual_now
 
 
-def virtual_backend(name: str) -> tuple[str, dict[str, Any]]:
-    """An ``anyio_backend`` value running ``name`` in virtual time (a fresh clock)."""
+def virtual_backend(name: str, *, idle: float = 0.0) -> tuple[str, dict[str, Any]]:
+    """An ``anyio_backend`` value running ``name`` in virtual time (a fresh clock).
+
+    ``idle``: real seconds of nothing to do before time jumps; give it when
+    worker threads run (a store's driver), else the clock races their results.
+    """
     if name == "asyncio":
-        return ("asyncio", {"loop_factory": VirtualTimeLoop})
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+        return ("asyncio", {"loop_factory": lambda: VirtualTimeLoop(idle)})
+    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=idle)})
