@@ -181,6 +181,40 @@ async def _steady(cfg: Config) -> list[Figure]:
     ]
 
 
+async def _unchanged(cfg: Config) -> Figure:
+    """The feed answering again what it answered last time (its answer is
+    cached for a while): every row was seen, nothing is new."""
+    open_invoices = invoices(OPEN)
+    window = rows(ROWS, pays=[i.total for i in open_invoices], pay_every=5, tag="u")
+    answers = Answers([body(window)])
+    open_by_total = {invoice.total: invoice for invoice in open_invoices}
+    seen = {row["issuer_reff"] for row in window}
+    engine = engine_with(open_invoices)
+
+    async with _client(answers) as feed, httpx.AsyncClient(transport=answers.transport) as bare:
+        engine.ingest(await feed.fetch(), now=NOW)  # the poll before, of the same answer
+
+        async def sdk(rep: int) -> float:
+            with Timer() as t:
+                engine.ingest(await feed.fetch(), now=NOW)
+            return t.elapsed
+
+        async def floor(rep: int) -> float:
+            with Timer() as t:
+                response = await bare.get(FEED_URL)
+                _floor(json.loads(response.content)["data"], seen, open_by_total)
+            return t.elapsed
+
+        times = await interleaved({"sdk": sdk, "floor": floor}, repeats=cfg.repeats, warmup=1)
+    return figure(
+        f"steady poll ({ROWS:,} rows all seen) vs floor",
+        times["sdk"] * 1e3,
+        "ms/poll",
+        times["floor"] * 1e3,
+        max_ratio=1.25,
+    )
+
+
 async def _scale(cfg: Config) -> list[Figure]:
     half = cfg.small // 2
     everyone = invoices(cfg.large + half * (cfg.scale_repeats + 1))
@@ -284,6 +318,7 @@ async def run(cfg: Config) -> list[Figure]:
     return [
         *await _cold(cfg),
         *await _steady(cfg),
+        await _unchanged(cfg),
         await _client_memory(),
         *await _scale(cfg),
     ]

@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MAX_BODY", "JSONTooDeep", "loads"]
+__all__ = ["MAX_BODY", "JSONTooDeep", "fast_dumps", "loads"]
 
 #: The largest answer read, in bytes; a longer one is refused unread.
 MAX_BODY = 32 * 1024 * 1024
@@ -26,12 +26,17 @@ class JSONTooDeep(ValueError):
 
 
 _fast: Callable[[bytes], Any] | None
+#: orjson's encoder when it is installed. Two decoded values it writes as the
+#: same bytes are the same JSON value, type for type (``1``, ``1.0`` and
+#: ``true`` differ), except that it writes NaN and the infinities as ``null``;
+#: it raises on integers beyond 64 bits, lone surrogates and deep nesting.
+fast_dumps: Callable[[Any], bytes] | None
 try:
     import orjson
 except ImportError:  # pragma: no cover - depends on the extra being installed
-    _fast = None
+    _fast = fast_dumps = None
 else:
-    _fast = orjson.loads
+    _fast, fast_dumps = orjson.loads, orjson.dumps
 
 # orjson reads an integer beyond 64 bits as a float; a text with 20 digits in a
 # row is left to json. Two passes in C (digits to "0", the rest to " ", then a

@@ -16,6 +16,7 @@ its seconds. Nothing enters the cache that the canonical reader did not read.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -23,6 +24,7 @@ from typing import Any, Final
 import attrs
 
 from ._convert import LIMITS, limit_row, mutation_from_row
+from ._json import fast_dumps
 from ._redact import Redactor
 from .models import Mutation, MutationBatch, MutationType, RejectedRow
 
@@ -190,45 +192,33 @@ class AnswerReader:
 
     Most of a poll's answer is the previous answer shifted by the rows that
     arrived since. For each row of the last answer it keeps only a fingerprint
-    (its raw values, and its keys and the types of its values) next to
-    the model it was read as; a row of the new answer with the same
-    fingerprint gets the same model. Rows beyond ``REMEMBERED_ROWS`` are not
-    remembered, so a merchant's memory is bounded whatever the feed sends.
+    (equal for two rows only if they are the same JSON value, key order and
+    types included) next to what it was read as; a row of the new answer with
+    the same fingerprint gets the same result. Rows beyond ``REMEMBERED_ROWS``
+    are not remembered, so a merchant's memory is bounded whatever the feed sends.
     """
 
-    __slots__ = ("_items", "_keys", "_reader", "_redactor", "_shapes", "_values")
+    __slots__ = ("_fingerprints", "_items", "_reader", "_redactor", "_shapes")
 
     def __init__(self, redactor: Redactor) -> None:
         self._reader = RowReader()
         self._redactor = redactor
         self._items: list[Mutation | RejectedRow] = []
-        self._keys: list[tuple[Any, ...] | None] = []
-        self._values: list[tuple[Any, ...] | None] = []
-        # One tuple per distinct key order, shared by every row that has it.
+        self._fingerprints: list[object] = []
+        # Without orjson: one tuple per distinct key order, shared by its rows.
         self._shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
     def read(self, data: list[Any]) -> MutationBatch:
         """The rows of one answer's ``data``, in server order, and its rejects."""
-        keys, values = _fingerprints(data, self._shapes)
-        start = _shift(values, self._values)
+        prints = _fingerprints(data, self._shapes)
         items: list[Mutation | RejectedRow | None] = [None] * len(data)
-        fresh: list[int] = [] if start >= 0 else list(range(len(data)))
-        before_items, before_keys, before_values = self._items, self._keys, self._values
-        for i in range(len(data)) if start >= 0 else ():
-            p = i - start
-            if (
-                0 <= p < len(before_values)
-                and values[i] is not None
-                and values[i] == before_values[p]
-                and keys[i] is before_keys[p]
-            ):
-                items[i] = before_items[p]
-            else:
-                fresh.append(i)
+        fresh = self._reuse(prints, items)
+        for i in fresh:
+            prints[i] = _sized(prints[i])
         for i in self._read_fresh(data, fresh, items):
-            values[i] = None  # beyond the limits: not kept, so read again next time
+            prints[i] = object()  # beyond the limits: not kept, so read again next time
         done: list[Mutation | RejectedRow] = items  # type: ignore[assignment]
-        self._remember(done, keys, values)
+        self._remember(done, prints)
         rows = tuple([item for item in done if type(item) is Mutation])
         if len(rows) == len(done):
             return MutationBatch(rows)
@@ -236,7 +226,40 @@ class AnswerReader:
 
     def forget(self) -> None:
         """Drop what was remembered (an answer without rows)."""
-        self._items, self._keys, self._values = [], [], []
+        self._items, self._fingerprints = [], []
+
+    def _reuse(self, prints: list[object], items: list[Mutation | RejectedRow | None]) -> list[int]:
+        """Fill ``items`` with what the last answer's equal rows were read as;
+        the indices of the rows left to read."""
+        before, before_items = self._fingerprints, self._items
+        if not before:
+            return list(range(len(prints)))
+        try:
+            start = prints.index(before[0])
+        except ValueError:
+            start, end = 0, 0  # nothing lines up: every row is looked up
+        else:
+            # The usual answer: the last one shifted down by the rows that arrived
+            # since. One comparison of the slices (in C) stands for a row-by-row one.
+            end = min(len(prints), start + len(before))
+            if prints[start:end] == before[: end - start]:
+                items[start:end] = before_items[: end - start]
+                prints[start:end] = before[: end - start]  # kept at their size
+            else:
+                end = start
+        # Rows above the last answer's newest are new ones, read without a look-up.
+        left, suspect = list(range(start)), range(end, len(prints))
+        if not suspect:
+            return left
+        # Rows that moved, changed, or follow one that did: looked up by fingerprint.
+        found = dict(zip(before, before_items, strict=True))
+        for i in suspect:
+            item = found.get(prints[i])
+            if item is None:
+                left.append(i)
+            else:
+                items[i], prints[i] = item, _sized(prints[i])
+        return left
 
     def _read_fresh(
         self, data: list[Any], fresh: list[int], items: list[Mutation | RejectedRow | None]
@@ -261,19 +284,10 @@ class AnswerReader:
                 items[i] = self._scrubbed(items[i])  # type: ignore[arg-type]
         return beyond
 
-    def _remember(
-        self,
-        items: list[Mutation | RejectedRow],
-        keys: list[tuple[Any, ...] | None],
-        values: list[tuple[Any, ...] | None],
-    ) -> None:
+    def _remember(self, items: list[Mutation | RejectedRow], prints: list[object]) -> None:
         if len(items) > REMEMBERED_ROWS:
-            items, keys, values = (
-                items[:REMEMBERED_ROWS],
-                keys[:REMEMBERED_ROWS],
-                values[:REMEMBERED_ROWS],
-            )
-        self._items, self._keys, self._values = items, keys, values
+            items, prints = items[:REMEMBERED_ROWS], prints[:REMEMBERED_ROWS]
+        self._items, self._fingerprints = items, prints
         if len(self._shapes) > 64:
             self._shapes.clear()
 
@@ -302,35 +316,64 @@ class AnswerReader:
         return attrs.evolve(row, **changes) if changes else row
 
 
-def _fingerprints(
-    data: list[Any], shapes: dict[tuple[Any, ...], tuple[Any, ...]]
-) -> tuple[list[tuple[Any, ...] | None], list[tuple[Any, ...] | None]]:
-    """Each row's shape (its keys in order and the types of its values: ``0``,
-    ``0.0`` and ``False`` are equal in Python but not the same row; one tuple is
-    shared by the rows of one shape) and its values; None for a row that is
-    not a flat object of text, ints, bools and nulls (always read afresh)."""
-    keys: list[tuple[Any, ...] | None] = []
-    values: list[tuple[Any, ...] | None] = []
+def _fingerprints(data: list[Any], shapes: dict[tuple[Any, ...], tuple[Any, ...]]) -> list[object]:
+    """One fingerprint per row: equal only for rows that are the same JSON
+    value (``0``, ``0.0`` and ``False`` are equal in Python but not the same
+    row). A row without one gets a new ``object()``, equal to nothing: it is
+    always read afresh."""
+    if fast_dumps is None:
+        return _tuple_prints(data, shapes)
+    try:
+        prints: list[object] = list(map(fast_dumps, data))
+        text = b"".join(prints)  # type: ignore[arg-type]
+    except TypeError:  # orjson.JSONEncodeError: a big integer, a lone surrogate, deep nesting
+        prints = [_dumped(raw) for raw in data]
+        text = b"".join([p for p in prints if type(p) is bytes])
+    # orjson writes NaN and the infinities as null: a row with a null may hide
+    # one (only the standard library decodes them), so it must show it has none.
+    if b"null" in text:
+        for i, (raw, dumped) in enumerate(zip(data, prints, strict=True)):
+            if type(dumped) is bytes and b"null" in dumped and not _flat_finite(raw):
+                prints[i] = object()
+    return prints
+
+
+def _sized(fingerprint: object) -> object:
+    # orjson's bytes keep the 4 KiB buffer they were written in: a copy to keep.
+    return bytes(memoryview(fingerprint)) if type(fingerprint) is bytes else fingerprint
+
+
+def _dumped(raw: Any) -> object:
+    assert fast_dumps is not None
+    try:
+        return fast_dumps(raw)
+    except TypeError:
+        return object()
+
+
+def _flat_finite(raw: Any) -> bool:
+    """Whether ``raw`` is a flat object with no float but finite ones."""
+    if type(raw) is not dict:
+        return raw is None
+    for value in raw.values():
+        kind = type(value)
+        if kind is dict or kind is list or (kind is float and not math.isfinite(value)):
+            return False
+    return True
+
+
+def _tuple_prints(data: list[Any], shapes: dict[tuple[Any, ...], tuple[Any, ...]]) -> list[object]:
+    # Each row's shape (its keys in order and the types of its values; one
+    # tuple shared by the rows of one shape) and its values. Flat rows of
+    # text, ints, bools and nulls only.
+    prints: list[object] = []
     for raw in data:
         if type(raw) is dict:
-            vals = tuple(raw.values())
-            kinds = tuple(map(type, vals))
+            values = tuple(raw.values())
+            kinds = tuple(map(type, values))
             if float not in kinds and list not in kinds and dict not in kinds:
                 shape = (tuple(raw), kinds)
-                keys.append(shapes.setdefault(shape, shape))
-                values.append(vals)
+                prints.append((shapes.setdefault(shape, shape), values))
                 continue
-        keys.append(None)
-        values.append(None)
-    return keys, values
-
-
-def _shift(values: list[tuple[Any, ...] | None], before: list[tuple[Any, ...] | None]) -> int:
-    """Where the previous answer's newest row stands in this one (-1 if nowhere)."""
-    if not before or before[0] is None:
-        return -1
-    newest = before[0]
-    for i, vals in enumerate(values):
-        if vals == newest:
-            return i
-    return -1
+        prints.append(object())
+    return prints

@@ -9,13 +9,16 @@ keys, the rejected rows and their reasons must be the canonical ones.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+from unittest import mock
 
 import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qrispay import _rows
 from qrispay._convert import LIMITS, limit_row, mutation_from_row
 from qrispay._redact import Redactor
 from qrispay._rows import REMEMBERED_ROWS, AnswerReader, RowReader
@@ -62,6 +65,8 @@ def same(got: MutationBatch, want: MutationBatch) -> None:
         assert (a.key, a.raw_type, repr(a)) == (b.key, b.raw_type, repr(b))
         assert a.date.utcoffset() == b.date.utcoffset()
     assert got.rejected == want.rejected
+    # 1 == 1.0 == True: the raw values must be the same types too.
+    assert [repr(r.raw) for r in got.rejected] == [repr(r.raw) for r in want.rejected]
 
 
 dates = st.one_of(
@@ -152,6 +157,69 @@ def test_a_following_answer_reads_as_if_read_alone(
     same(reader.read(second), canonical(second))
 
 
+def _twins(value: Any) -> list[Any]:
+    """Values a row's value may turn into that Python may call equal to it."""
+    near: list[Any] = [None, "", 0, False, math.nan]
+    if type(value) in (int, bool, float) and math.isfinite(value):
+        near += [int(value), float(value), bool(value), str(value), value + 1]
+    if type(value) is str:
+        near += [value + " ", value.upper(), value[:-1]]
+    return [twin for twin in near if twin is not value]
+
+
+# Rows the fast path reads, so that a wrong reuse shows as a wrong model.
+readable = st.fixed_dictionaries(
+    {
+        "date": st.sampled_from(["2025-01-01 10:00:00", "2025-01-01 10:00:07"]),
+        "amount": st.integers(0, 2),
+        "type": st.sampled_from(["CR", "DB"]),
+        "issuer_reff": st.text("ab", max_size=2),
+    },
+    optional={"balance": st.one_of(st.none(), st.integers(0, 2)), "qris": texts},
+)
+mixed = st.lists(st.one_of(raw_rows(), readable), max_size=12)
+
+
+@st.composite
+def altered(draw: st.DrawFn, first: list[Any]) -> list[Any]:
+    """A following answer: new rows on top of some of the last one's, a few of
+    them altered in one value or its type, in an order of their own."""
+    kept = first[: draw(st.integers(0, len(first)))]
+    second = [*draw(mixed), *kept]
+    for i, raw in enumerate(second):
+        if type(raw) is dict and raw and draw(st.integers(0, 3)) == 0:
+            key = draw(st.sampled_from(sorted(raw)))
+            second[i] = {**raw, key: draw(st.sampled_from(_twins(raw[key])))}
+    if draw(st.booleans()):
+        second = draw(st.permutations(second))
+    return second
+
+
+@pytest.mark.parametrize("dumps", [_rows.fast_dumps, None], ids=["orjson", "tuples"])
+@settings(max_examples=200, deadline=None)
+@given(first=mixed, data=st.data())
+def test_rows_equal_to_the_last_answers_are_reused_only_when_exactly_equal(
+    dumps: Any, first: list[Any], data: st.DataObject
+) -> None:
+    with mock.patch.object(_rows, "fast_dumps", dumps):
+        reader = AnswerReader(REDACTOR)
+        reader.read(first)
+        for _ in range(2):
+            second = data.draw(altered(first))
+            same(reader.read(second), canonical(second))
+            first = second
+
+
+def test_a_value_only_the_standard_library_decodes_is_never_taken_for_another() -> None:
+    good = {"date": "2025-01-01 10:00:00", "amount": 1, "type": "CR", "issuer_reff": "n"}
+    for before, after in [(None, math.nan), (None, math.inf), (1, True), (1, 1.0), (1, "1")]:
+        reader = AnswerReader(REDACTOR)
+        for value in (before, after):
+            # Rows, not bare values: a bare NaN is not equal to itself.
+            data = [{**good, "balance": value}, [value], {**good, "note": value}]
+            same(reader.read(data), canonical(data))
+
+
 def test_the_minute_cache_is_filled_only_by_the_canonical_reader() -> None:
     reader = RowReader()
     good = {"date": "2025-01-01 10:00:05", "amount": 1, "type": "CR", "issuer_reff": "a"}
@@ -170,7 +238,7 @@ def test_rows_of_an_answer_beyond_the_cap_are_not_remembered() -> None:
     reader = AnswerReader(REDACTOR)
     batch = reader.read(data)
     assert len(batch) == REMEMBERED_ROWS + 10
-    assert len(reader._values) == REMEMBERED_ROWS
+    assert len(reader._fingerprints) == REMEMBERED_ROWS
     assert len(reader._items) == REMEMBERED_ROWS
 
 
