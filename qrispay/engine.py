@@ -27,6 +27,7 @@ from . import _snapshot
 from ._book import InvoiceBook, Tracked
 from ._chain import BalanceChain
 from ._checks import require_aware, require_duration, require_positive_int
+from ._ingest import judge_fresh, paid_by
 from ._memory import ExpiringMemory, key_of
 from ._state import Closing, State, closing_on_track, status_of
 from .errors import AllocationError, TotalConflictError
@@ -39,7 +40,6 @@ from .events import (
     InvoicePaid,
     LatePayment,
     RejectedRows,
-    UnknownRow,
     UnmatchedCredit,
 )
 from .models import (
@@ -48,7 +48,6 @@ from .models import (
     InvoiceStatus,
     Mutation,
     MutationBatch,
-    MutationType,
     RejectedRow,
 )
 
@@ -288,24 +287,18 @@ class ReconciliationEngine:
             if first:
                 events.append(RejectedRows(first))
 
-        seen, remember, chain = self._seen.keys, self._seen.remember, self._chain.follow
         # In the feed's own zone: comparing datetimes of one tzinfo object skips
         # the offset arithmetic that mixed zones cost on every row.
         history_before = self._history_before.astimezone(JAKARTA)
-        credit, debit = MutationType.CREDIT, MutationType.DEBIT
-        for date, _, row in fresh:
-            key = row.key
-            if key in seen:  # the same key earlier in this call: the first one stands
-                continue
-            remember(key, date)
-            history = date < history_before
-            gap = chain(row, history)
-            if gap is not None:
-                events.append(gap)
-            if row.type == credit:
-                events += self._judge(row, history)
-            elif row.type != debit and not history:
-                events.append(UnknownRow(row))
+        judge_fresh(
+            fresh,
+            events,
+            seen=self._seen,
+            chain=self._chain,
+            book=self._book,
+            history_before=history_before,
+            judge=self._judge,
+        )
         return events
 
     def _unseen(self, rows: Iterable[Mutation], now: datetime) -> list[_Fresh]:
@@ -340,7 +333,7 @@ class ReconciliationEngine:
         amount = row.amount
         if amount not in book.open_by_total and amount not in book.closed_by_total:
             # No invoice, open or closed, has this total: rules 4, 5 and 8 all
-            # come to the same verdict, reached without asking each of them.
+            # come to the same verdict (``judge_fresh`` reaches it without a call).
             return [] if history else [UnmatchedCredit(row)]
         date = row.date
         skew = self._skew
@@ -352,8 +345,11 @@ class ReconciliationEngine:
             if record.start <= date and earliest_end <= record.invoice.expired_at
         ]
         if len(fitting) == 1:
-            paid = self._book.close(fitting[0], Closing.CREDIT, date)
-            return [InvoicePaid(paid, row, "mutation"), *self._judge_waiting(fitting[0])]
+            record = fitting[0]
+            verdict: list[Event] = [paid_by(self._book.close(record, Closing.CREDIT, date), row)]
+            if record.waiting is not None:
+                verdict += self._judge_waiting(record)
+            return verdict
         if fitting:
             return [AmbiguousCredit(row, tuple(record.invoice for record in fitting))]
 
