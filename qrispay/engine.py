@@ -13,8 +13,8 @@ behaves the same. The matching rules it implements are those of docs/design.md
 * the balance carried by each row must chain from the row before it.
 
 This module judges rows; the invoices live in ``_book``, their states in
-``_state``, the remembered rows in ``_memory``, the balance chain in ``_chain``
-and the snapshot form in ``_snapshot``.
+``_state``, the remembered rows in ``_memory``, the loop over an answer's fresh rows
+(the balance chain with it) in ``_ingest`` and the snapshot form in ``_snapshot``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from . import _snapshot
 from ._book import InvoiceBook, Tracked
 from ._chain import BalanceChain
 from ._checks import require_aware, require_duration, require_positive_int
-from ._ingest import judge_fresh, paid_by
+from ._ingest import judge_fresh, paid_by, unseen
 from ._memory import ExpiringMemory, key_of
 from ._state import Closing, State, closing_on_track, status_of
 from .errors import AllocationError, TotalConflictError
@@ -52,9 +52,6 @@ from .models import (
 )
 
 __all__ = ["ReconciliationEngine"]
-
-# A row to judge: its date, minus its position (equal dates: the feed lists newest first).
-_Fresh = tuple[datetime, int, Mutation]
 
 #: The default of ``ingest(rejected=...)``: take a batch's own rejected rows.
 _FROM_BATCH: Any = object()
@@ -301,31 +298,15 @@ class ReconciliationEngine:
         )
         return events
 
-    def _unseen(self, rows: Iterable[Mutation], now: datetime) -> list[_Fresh]:
+    def _unseen(self, rows: Iterable[Mutation], now: datetime) -> list[Mutation]:
         """The rows not seen before and inside retention, in processing order.
 
         Forgets what retention lets go only after the lookups, so that a row
         remembered until now is not judged again by this call.
         """
         horizon = self._next_horizon(now)
-        local_horizon = horizon.astimezone(JAKARTA)
-        seen = self._seen.keys
-        fresh: list[_Fresh] = []
-        for position, row in enumerate(rows):
-            if row.key in seen:
-                continue
-            date = row.date
-            zone = date.tzinfo
-            if zone is not JAKARTA and (zone is None or date.utcoffset() is None):
-                raise ValueError(
-                    f"row {row.key!r} has a naive date; feed dates must be timezone-aware"
-                )
-            if date >= local_horizon:
-                fresh.append((date, -position, row))
+        fresh = unseen(rows, self._seen.keys, horizon.astimezone(JAKARTA))
         self._advance(horizon)
-        # (date, -position) is unique, so the tuples sort without a key function
-        # and never compare the rows themselves.
-        fresh.sort()
         return fresh
 
     def _judge(self, row: Mutation, history: bool) -> list[Event]:
