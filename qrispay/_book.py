@@ -12,6 +12,8 @@ import heapq
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
+import attrs
+
 from ._journal import Journal
 from ._state import Closing, State, after, status_of
 from .models import Invoice, InvoiceStatus, Mutation
@@ -54,20 +56,35 @@ class Tracked:
         return (self.closed, self.seq)
 
 
+# A frozen attrs class sets each field through ``object.__setattr__``; the
+# slots' own setters do the same directly (as ``_rows._model`` does for rows).
+_new = object.__new__
+(_id, _amount, _fee, _total, _status, _image, _expired, _created, _payload) = (
+    Invoice.__dict__[field.name].__set__ for field in attrs.fields(Invoice)
+)
+
+
 def _with_status(invoice: Invoice, status: InvoiceStatus) -> Invoice:
     """``invoice`` with another status: what ``attrs.evolve`` gives, made directly
     (evolve inspects the class on every call, on the path of every payment)."""
-    return Invoice(
-        invoice.invoice_id,
-        invoice.amount,
-        invoice.fee,
-        invoice.total,
-        status,
-        invoice.qris_image,
-        invoice.expired_at,
-        invoice.created_at,
-        invoice.qris_payload,
-    )
+    changed: Invoice = _new(Invoice)
+    _id(changed, invoice.invoice_id)
+    _amount(changed, invoice.amount)
+    _fee(changed, invoice.fee)
+    _total(changed, invoice.total)
+    _status(changed, status)
+    _image(changed, invoice.qris_image)
+    _expired(changed, invoice.expired_at)
+    _created(changed, invoice.created_at)
+    _payload(changed, invoice.qris_payload)
+    return changed
+
+
+# What each closing of an open invoice leads to, read from the table once.
+_FROM_OPEN: dict[Closing, tuple[State, InvoiceStatus]] = {
+    closing: (after(State.OPEN, closing), status_of(after(State.OPEN, closing)))
+    for closing in Closing
+}
 
 
 def expiry_order(record: Tracked) -> tuple[datetime, str]:
@@ -85,6 +102,8 @@ class InvoiceBook:
     def __init__(self, skew: timedelta, late_grace: timedelta) -> None:
         self._skew = skew
         self._late_grace = late_grace
+        self._grace_skew = late_grace + skew
+        self._two_skews = skew + skew
         self.records: dict[str, Tracked] = {}
         self.open: dict[str, Tracked] = {}
         # A list only so that an inconsistent state (two open invoices, one total)
@@ -134,19 +153,30 @@ class InvoiceBook:
         self.open_by_total.setdefault(invoice.total, []).append(record)
         heapq.heappush(self._expiry, (invoice.expired_at, invoice.invoice_id))
 
-    def _add_closed(self, record: Tracked) -> None:
+    def _add_closed(self, record: Tracked, at: datetime | None = None) -> None:
+        # ``at`` is when it closed, when the caller has it at hand.
         invoice = record.invoice
-        self.closed_by_total.setdefault(invoice.total, []).append(record)
-        self._reserve(record)
+        total, seq = invoice.total, record.seq
+        closed = record.closed if at is None else at
+        self.closed_by_total.setdefault(total, []).append(record)
+        skew = self._skew
+        # Rule 6: late_grace + skew after closing. An owed gateway report keeps it
+        # longer, until no new invoice's window (which starts skew before it was
+        # made) can reach the report's pairing range: else a second customer's
+        # payment would be taken for the first one's.
+        until = closed + self._grace_skew
+        if record.owed:
+            until = max(until, record.owed_until(skew) + skew)
+        current = self._reserved.get(total)
+        if current is None or until > current[0] or (until == current[0] and seq > current[1]):
+            self._reserved[total] = (until, seq, invoice.invoice_id)
         # Kept while a row could still concern it (a late or duplicate payment, the
         # pairing of a gateway report) or its total is reserved; rows dated before
-        # the horizon are ignored, so past that it can go.
-        keep_until = max(
-            record.closed + self._late_grace + self._skew,
-            invoice.expired_at + self._skew,
-            record.owed_until(self._skew) + self._skew,
-        )
-        heapq.heappush(self._prune, (keep_until, record.seq, invoice.invoice_id))
+        # the horizon are ignored, so past that it can go. With durations never
+        # negative this is the latest of closed + late_grace + skew, expired_at +
+        # skew and owed_until + skew.
+        keep_until = max(closed + self._grace_skew, invoice.expired_at + self._two_skews)
+        heapq.heappush(self._prune, (keep_until, seq, invoice.invoice_id))
 
     # -- looking up ---------------------------------------------------------------
 
@@ -251,20 +281,26 @@ class InvoiceBook:
             yield record
 
     def _close(self, record: Tracked, closing: Closing, at: datetime, *, popped: bool) -> Invoice:
-        state = after(record.state, closing)
+        if record.state is State.OPEN:
+            state, status = _FROM_OPEN[closing]
+        else:
+            state = after(record.state, closing)  # raises: a closed invoice stays closed
+            status = status_of(state)
         invoice = record.invoice
-        del self.open[invoice.invoice_id]
-        same_total = self.open_by_total[invoice.total]
-        same_total.remove(record)
-        if not same_total:
-            del self.open_by_total[invoice.total]
+        invoice_id, total = invoice.invoice_id, invoice.total
+        del self.open[invoice_id]
+        same_total = self.open_by_total[total]
+        if len(same_total) == 1 and same_total[0] is record:
+            del self.open_by_total[total]
+        else:
+            same_total.remove(record)
         self.seq += 1
         record.state = state
         record.closed_at = at
         record.owed = closing is Closing.REPORT
         record.seq = self.seq
-        record.invoice = _with_status(invoice, status_of(state))
-        self._add_closed(record)
+        record.invoice = _with_status(invoice, status)
+        self._add_closed(record, at)
         self.touch(record)
         busy_until = at + self._late_grace
         if self.busy_until is None or busy_until > self.busy_until:
@@ -276,19 +312,6 @@ class InvoiceBook:
                 heapq.heapify(self._expiry)
                 self._expiry_stale = 0
         return record.invoice
-
-    def _reserve(self, record: Tracked) -> None:
-        # Rule 6: late_grace + skew after closing. An owed gateway report keeps it
-        # longer, until no new invoice's window (which starts skew before it was
-        # made) can reach the report's pairing range: else a second customer's
-        # payment would be taken for the first one's.
-        until = record.closed + self._late_grace + self._skew
-        if record.owed:
-            until = max(until, record.owed_until(self._skew) + self._skew)
-        total = record.invoice.total
-        current = self._reserved.get(total)
-        if current is None or (until, record.seq) > current[:2]:
-            self._reserved[total] = (until, record.seq, record.invoice.invoice_id)
 
     # -- forgetting ---------------------------------------------------------------
 

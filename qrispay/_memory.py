@@ -20,12 +20,15 @@ class ExpiringMemory:
     still inside the retention window is never lost.
     """
 
-    __slots__ = ("_order", "added", "keys")
+    __slots__ = ("_newest", "_order", "added", "keys")
 
     def __init__(self, items: Iterable[tuple[datetime, str]] = ()) -> None:
         self._order = list(items)
         heapq.heapify(self._order)
         self.keys = {key for _, key in self._order}
+        # At least every pair in the heap: pairs from here on, appended in
+        # order, keep it a heap without a push each.
+        self._newest = max(self._order, default=None)
         #: When a store keeps the keys: the ``(key, date)`` pairs remembered since it
         #: was last emptied.
         self.added: list[tuple[str, datetime]] | None = None
@@ -39,9 +42,33 @@ class ExpiringMemory:
     def remember(self, key: str, date: datetime) -> None:
         """Remember a key not yet known, dated ``date``."""
         self.keys.add(key)
-        heapq.heappush(self._order, (date, key))
+        pair = (date, key)
+        heapq.heappush(self._order, pair)
+        if self._newest is None or pair > self._newest:
+            self._newest = pair
         if self.added is not None:
             self.added.append((key, date))
+
+    def date_all(self, pairs: list[tuple[datetime, str]]) -> None:
+        """Date keys a caller testing many keys in a loop has added to ``keys``
+        itself; ``pairs`` are ``(date, key)``, best oldest first (sorted here)."""
+        if not pairs:
+            return
+        order, newest = self._order, self._newest
+        pairs.sort()  # linear when they come in date order, as rows are judged
+        if newest is None or pairs[0] >= newest:
+            # Each pair is at least every pair before it, so the heap stays one.
+            order += pairs
+        elif len(pairs) * 8 > len(order):
+            order += pairs
+            heapq.heapify(order)
+        else:
+            for pair in pairs:
+                heapq.heappush(order, pair)
+        if newest is None or pairs[-1] > newest:
+            self._newest = pairs[-1]
+        if self.added is not None:
+            self.added += [(key, date) for date, key in pairs]
 
     def remember_new(self, key: str, date: datetime) -> bool:
         """Remember ``key`` dated ``date`` unless it is known: True if it was not."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any, Final
 
 import attrs
@@ -30,9 +31,18 @@ from .models import Mutation, MutationBatch, MutationType, RejectedRow
 
 __all__ = ["REMEMBERED_ROWS", "AnswerReader", "RowReader"]
 
-_FIELDS: Final = frozenset(
-    ("date", "amount", "type", "qris", "brand_name", "issuer_reff", "buyer_reff", "balance")
+_ORDER: Final = (
+    "date",
+    "amount",
+    "type",
+    "balance",
+    "qris",
+    "brand_name",
+    "issuer_reff",
+    "buyer_reff",
 )
+_FIELDS: Final = frozenset(_ORDER)
+_PICK: Final = itemgetter(*_ORDER)
 _SECONDS: Final = {f"{s:02d}": timedelta(seconds=s) for s in range(60)}
 _TYPES: Final = {"CR": MutationType.CREDIT, "DB": MutationType.DEBIT}
 _EXACT_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}", re.ASCII)
@@ -132,35 +142,47 @@ class RowReader:
     def _fast(self, raw: Any) -> Mutation | None:
         # Every check inline: this runs once per new row, and a call costs more
         # than most of the checks.
-        if type(raw) is not dict or not raw.keys() <= _FIELDS:
+        if type(raw) is not dict:
             return None
-        get = raw.get
-        date = get("date")
+        if len(raw) == len(_FIELDS):  # then all of them, or some other key: one lookup
+            try:
+                date, amount, raw_type, balance, qris, brand, issuer, buyer = _PICK(raw)
+            except KeyError:
+                return None
+        elif raw.keys() <= _FIELDS:
+            date, amount, raw_type, balance, qris, brand, issuer, buyer = map(raw.get, _ORDER)
+        else:
+            return None
         if type(date) is not str or len(date) != 19 or date[16] != ":":
             return None
         minute = self._minutes.get(date[:16])
         second = _SECONDS.get(date[17:])
         if minute is None or second is None:
             return None
-        amount = get("amount")
         if type(amount) is not int or amount < 0:
             amount = _money(amount)
             if amount is None:
                 return None
-        raw_type: Any = get("type")
         kind = _TYPES.get(raw_type) if type(raw_type) is str else None
         if kind is None:
             return None
-        balance = get("balance")
         if balance is not None and (type(balance) is not int or balance < 0):
             balance = _money(balance)
             if balance is None:
                 return None
-        texts = (get("qris"), get("brand_name"), get("issuer_reff"), get("buyer_reff"))
-        for text in texts:
-            if (type(text) is not str or len(text) > _MAX_TEXT) and text is not None:
-                return None
-        qris, brand, issuer, buyer = texts
+        if not (
+            type(qris) is str
+            and type(brand) is str
+            and type(issuer) is str
+            and type(buyer) is str
+            and len(qris) <= _MAX_TEXT
+            and len(brand) <= _MAX_TEXT
+            and len(issuer) <= _MAX_TEXT
+            and len(buyer) <= _MAX_TEXT
+        ):  # the usual row, settled in one test; else a missing text may be None
+            for text in (qris, brand, issuer, buyer):
+                if (type(text) is not str or len(text) > _MAX_TEXT) and text is not None:
+                    return None
         return _model(
             minute + second,
             amount,

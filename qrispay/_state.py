@@ -23,6 +23,10 @@ class State(enum.Enum):
     # Kept apart from EXPIRED only for the event it produced; it reads EXPIRED.
     CANCELLED = "cancelled"
 
+    # Members are singletons compared by identity; Enum's own hash is Python
+    # code run on every table lookup, which is on the path of every payment.
+    __hash__ = object.__hash__
+
 
 class Closing(enum.Enum):
     """What closes an invoice."""
@@ -32,6 +36,8 @@ class Closing(enum.Enum):
     REPORT = "the gateway reported it paid"
     EXPIRY = "its window ended"
     CANCEL = "it was cancelled"
+
+    __hash__ = object.__hash__  # as State's
 
 
 _TRANSITIONS: dict[tuple[State, Closing], State] = {

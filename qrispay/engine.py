@@ -13,8 +13,8 @@ behaves the same. The matching rules it implements are those of docs/design.md
 * the balance carried by each row must chain from the row before it.
 
 This module judges rows; the invoices live in ``_book``, their states in
-``_state``, the remembered rows in ``_memory``, the balance chain in ``_chain``
-and the snapshot form in ``_snapshot``.
+``_state``, the remembered rows in ``_memory``, the loop over an answer's fresh rows
+(the balance chain with it) in ``_ingest`` and the snapshot form in ``_snapshot``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from . import _snapshot
 from ._book import InvoiceBook, Tracked
 from ._chain import BalanceChain
 from ._checks import require_aware, require_duration, require_positive_int
+from ._ingest import judge_fresh, paid_by, unseen
 from ._memory import ExpiringMemory, key_of
 from ._state import Closing, State, closing_on_track, status_of
 from .errors import AllocationError, TotalConflictError
@@ -39,7 +40,6 @@ from .events import (
     InvoicePaid,
     LatePayment,
     RejectedRows,
-    UnknownRow,
     UnmatchedCredit,
 )
 from .models import (
@@ -48,14 +48,10 @@ from .models import (
     InvoiceStatus,
     Mutation,
     MutationBatch,
-    MutationType,
     RejectedRow,
 )
 
 __all__ = ["ReconciliationEngine"]
-
-# A row to judge: its date, minus its position (equal dates: the feed lists newest first).
-_Fresh = tuple[datetime, int, Mutation]
 
 #: The default of ``ingest(rejected=...)``: take a batch's own rejected rows.
 _FROM_BATCH: Any = object()
@@ -288,51 +284,29 @@ class ReconciliationEngine:
             if first:
                 events.append(RejectedRows(first))
 
-        seen, remember, chain = self._seen.keys, self._seen.remember, self._chain.follow
         # In the feed's own zone: comparing datetimes of one tzinfo object skips
         # the offset arithmetic that mixed zones cost on every row.
         history_before = self._history_before.astimezone(JAKARTA)
-        credit, debit = MutationType.CREDIT, MutationType.DEBIT
-        for date, _, row in fresh:
-            key = row.key
-            if key in seen:  # the same key earlier in this call: the first one stands
-                continue
-            remember(key, date)
-            history = date < history_before
-            gap = chain(row, history)
-            if gap is not None:
-                events.append(gap)
-            if row.type == credit:
-                events += self._judge(row, history)
-            elif row.type != debit and not history:
-                events.append(UnknownRow(row))
+        judge_fresh(
+            fresh,
+            events,
+            seen=self._seen,
+            chain=self._chain,
+            book=self._book,
+            history_before=history_before,
+            judge=self._judge,
+        )
         return events
 
-    def _unseen(self, rows: Iterable[Mutation], now: datetime) -> list[_Fresh]:
+    def _unseen(self, rows: Iterable[Mutation], now: datetime) -> list[Mutation]:
         """The rows not seen before and inside retention, in processing order.
 
         Forgets what retention lets go only after the lookups, so that a row
         remembered until now is not judged again by this call.
         """
         horizon = self._next_horizon(now)
-        local_horizon = horizon.astimezone(JAKARTA)
-        seen = self._seen.keys
-        fresh: list[_Fresh] = []
-        for position, row in enumerate(rows):
-            if row.key in seen:
-                continue
-            date = row.date
-            zone = date.tzinfo
-            if zone is not JAKARTA and (zone is None or date.utcoffset() is None):
-                raise ValueError(
-                    f"row {row.key!r} has a naive date; feed dates must be timezone-aware"
-                )
-            if date >= local_horizon:
-                fresh.append((date, -position, row))
+        fresh = unseen(rows, self._seen.keys, horizon.astimezone(JAKARTA))
         self._advance(horizon)
-        # (date, -position) is unique, so the tuples sort without a key function
-        # and never compare the rows themselves.
-        fresh.sort()
         return fresh
 
     def _judge(self, row: Mutation, history: bool) -> list[Event]:
@@ -340,7 +314,7 @@ class ReconciliationEngine:
         amount = row.amount
         if amount not in book.open_by_total and amount not in book.closed_by_total:
             # No invoice, open or closed, has this total: rules 4, 5 and 8 all
-            # come to the same verdict, reached without asking each of them.
+            # come to the same verdict (``judge_fresh`` reaches it without a call).
             return [] if history else [UnmatchedCredit(row)]
         date = row.date
         skew = self._skew
@@ -352,8 +326,11 @@ class ReconciliationEngine:
             if record.start <= date and earliest_end <= record.invoice.expired_at
         ]
         if len(fitting) == 1:
-            paid = self._book.close(fitting[0], Closing.CREDIT, date)
-            return [InvoicePaid(paid, row, "mutation"), *self._judge_waiting(fitting[0])]
+            record = fitting[0]
+            verdict: list[Event] = [paid_by(self._book.close(record, Closing.CREDIT, date), row)]
+            if record.waiting is not None:
+                verdict += self._judge_waiting(record)
+            return verdict
         if fitting:
             return [AmbiguousCredit(row, tuple(record.invoice for record in fitting))]
 
