@@ -19,44 +19,73 @@ Then::
     curl 'localhost:8000/invoices/<invoice_id>/wait?timeout=30'
     curl -X POST localhost:8000/sandbox/pay/<invoice_id>       # sandbox only
 
-Run ONE worker process. Each worker would run its own Reconciler: every one
-polls the feed (spending the feed's quota) and knows only the invoices it
-created, so a status request landing on another worker would answer 404.
-Invoices live in memory: a restart forgets them. A real service stores
-``rec.engine.snapshot()`` and passes ``ReconciliationEngine.restore(...)``
-back in as ``Reconciler(engine=...)``.
+What the service knows lives in a SQLite file (``QRISPAY_DB``, default
+``./qrispay.db``): stop it, let customers pay, start it again, and every
+payment of the downtime gets its verdict, once. A durable consumer handles
+every event: a paid invoice is delivered, and every payment that needs a
+refund or a look (duplicate, late, unmatched, ambiguous, a balance gap,
+unreadable rows) is logged and listed at ``GET /attention``. It remembers the
+id of the last event it handled in ``<db>.cursor`` and resumes after it.
+
+Run ONE worker process per database: several Reconcilers on one store do not
+yet share the feed between them (each would poll and judge alone).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pathlib
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
+
+import anyio
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from qrispay import (
+    AmbiguousCredit,
     BadRequestError,
+    BalanceGap,
+    DuplicatePayment,
+    Event,
+    EventSubscription,
     GatewayClient,
     Invoice,
     InvoiceCancelledError,
     InvoiceExpiredError,
+    InvoicePaid,
     InvoiceStatus,
+    LatePayment,
     MutationClient,
     OutcomeUnknownError,
     PollPolicy,
     QrispayError,
     RateLimitError,
     Reconciler,
+    RejectedRows,
+    ReplaySubscription,
+    SQLiteStore,
     TotalConflictError,
+    UnmatchedCredit,
 )
 from qrispay.mutations import DEFAULT_FEED_URL
 
-__all__ = ["app", "create_app", "create_sandbox_app", "feed_from_env", "gateway_from_env"]
+__all__ = [
+    "Cursor",
+    "Verdicts",
+    "app",
+    "consume",
+    "create_app",
+    "create_sandbox_app",
+    "db_from_env",
+    "feed_from_env",
+    "gateway_from_env",
+]
 
 logger = logging.getLogger("qrispay.examples.fastapi_app")
 
@@ -90,6 +119,83 @@ def feed_from_env() -> MutationClient:
     auth, merchant, token = (_env(f"QRISPAY_{n}") for n in ("AUTH", "MERCHANT", "TOKEN"))
     feed_url = os.environ.get("QRISPAY_FEED_URL") or DEFAULT_FEED_URL
     return MutationClient(auth, merchant, token, base_url=feed_url)
+
+
+def db_from_env() -> pathlib.Path:
+    """``QRISPAY_DB``, or ``./qrispay.db``."""
+    return pathlib.Path(os.environ.get("QRISPAY_DB") or "qrispay.db")
+
+
+# -- the durable consumer -----------------------------------------------------------
+
+#: Payments a person must look at: money arrived that paid no invoice, or the
+#: feed itself looks wrong. Each usually means a refund or a phone call.
+NEEDS_A_PERSON = (
+    DuplicatePayment,
+    LatePayment,
+    UnmatchedCredit,
+    AmbiguousCredit,
+    BalanceGap,
+    RejectedRows,
+)
+
+
+class Cursor:
+    """The id of the last event handled, kept in a file, replaced atomically so
+    that a crash leaves the old id or the new one, never half of one."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def read(self) -> str:
+        """The last id handled, or "" for none yet (``events(after="")`` then
+        gives every stored event)."""
+        try:
+            return self.path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return ""
+
+    def write(self, event_id: str) -> None:
+        temporary = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(event_id)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.path)
+
+
+class Verdicts:
+    """What the service does with each event. Delivery is at least once (an
+    event handled just before a crash comes again), so each action is keyed by
+    the event's id and done once. A real service writes them, and the cursor,
+    to its own database in one transaction."""
+
+    def __init__(self) -> None:
+        self.delivered: dict[str, str] = {}  # event id -> invoice id
+        self.attention: dict[str, dict[str, Any]] = {}  # event id -> what happened
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, InvoicePaid):
+            if event.id not in self.delivered:
+                self.delivered[event.id] = event.invoice.invoice_id
+                logger.info("deliver the order of invoice %s", event.invoice.invoice_id)
+        elif isinstance(event, NEEDS_A_PERSON):
+            if event.id not in self.attention:
+                self.attention[event.id] = {"id": event.id, "type": event.kind}
+                logger.warning("needs a person: %s (%s)", event.kind, event.id)
+        else:
+            logger.info("%s (%s)", event.kind, event.id)
+
+
+async def consume(
+    subscription: EventSubscription | ReplaySubscription, verdicts: Verdicts, cursor: Cursor
+) -> None:
+    """Handle each event, then remember its id: a crash between the two only
+    hands the same event over again, which ``Verdicts`` ignores."""
+    async with subscription as events:
+        async for event in events:
+            verdicts.handle(event)
+            await anyio.to_thread.run_sync(cursor.write, event.id)
 
 
 # -- the HTTP interface -----------------------------------------------------------
@@ -202,6 +308,13 @@ async def wait_for_invoice(
     return InvoiceOut.of(paid.invoice, InvoiceStatus.PAID)
 
 
+@router.get("/attention")
+async def attention(request: Request) -> list[dict[str, Any]]:
+    """The payments a person must look at (refunds, wrong amounts), oldest first."""
+    verdicts: Verdicts = request.app.state.verdicts
+    return list(verdicts.attention.values())
+
+
 # -- the application --------------------------------------------------------------
 
 
@@ -211,25 +324,42 @@ def create_app(
     feed_factory: FeedFactory = feed_from_env,
     policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen, shared safely
     clock: Callable[[], datetime] | None = None,
+    db: pathlib.Path | str | None = None,
 ) -> FastAPI:
     """The service. The factories are called at start-up, inside the event loop
-    (an SDK client makes its HTTP client there), never at import."""
+    (an SDK client makes its HTTP client there), never at import. ``db``: the
+    SQLite file (default ``QRISPAY_DB`` or ``./qrispay.db``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        path = pathlib.Path(db) if db is not None else db_from_env()
+        cursor = Cursor(path.with_name(path.name + ".cursor"))
+        app.state.verdicts = verdicts = Verdicts()
         # The Reconciler's task group lives exactly as long as the app: it is
         # entered and left in the lifespan task, as anyio requires. Start-up
-        # waits for the first feed poll, so wrong credentials fail the start
-        # instead of being retried in the background for ever.
+        # reads the store and waits for the first feed poll, so wrong
+        # credentials fail the start instead of being retried for ever.
         async with (
             gateway_factory() as gateway,
             feed_factory() as feed,
-            Reconciler(feed, gateway=gateway, policy=policy, clock=clock) as reconciler,
+            SQLiteStore(path) as store,
         ):
-            app.state.gateway = gateway
-            app.state.feed = feed
-            app.state.reconciler = reconciler
-            yield
+            reconciler = Reconciler(feed, gateway=gateway, policy=policy, clock=clock, store=store)
+            # Subscribed before the loop starts: the first poll's events (the
+            # downtime's payments) wait in it for the consumer.
+            subscription = reconciler.events(after=cursor.read())
+            try:
+                async with reconciler, anyio.create_task_group() as tasks:
+                    tasks.start_soon(consume, subscription, verdicts, cursor)
+                    app.state.gateway = gateway
+                    app.state.feed = feed
+                    app.state.reconciler = reconciler
+                    yield
+                    # Stopping: what the consumer has not handled yet is stored,
+                    # and is handed to it again after the next start.
+                    tasks.cancel_scope.cancel()
+            finally:
+                await subscription.aclose()
 
     app = FastAPI(title="qrispay example", lifespan=lifespan)
     app.include_router(router)
@@ -239,14 +369,16 @@ def create_app(
 def create_sandbox_app(*, ttl: float = 2.0) -> FastAPI:
     """The same service against an in-process sandbox, plus
     ``POST /sandbox/pay/{invoice_id}``, which pays an invoice as a customer would.
-    ``ttl`` is the sandbox feed's cache lifetime (the real feed's is 30 s)."""
+    ``ttl`` is the sandbox feed's cache lifetime (the real feed's is 30 s). The
+    sandbox starts empty each time, so its database is a fresh temporary file."""
     from qrispay.sandbox import Sandbox
 
-    sandbox = Sandbox(ttl=ttl)
+    sandbox = Sandbox(ttl=ttl, seed=None)
     app = create_app(
         gateway_factory=sandbox.gateway_client,
         feed_factory=sandbox.mutation_client,
         policy=PollPolicy(ttl=ttl, margin=min(0.5, ttl / 4)),
+        db=pathlib.Path(tempfile.mkdtemp(prefix="qrispay-sandbox-")) / "qrispay.db",
     )
     app.state.sandbox = sandbox
 

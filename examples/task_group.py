@@ -12,26 +12,39 @@ QRISPAY_MERCHANT, QRISPAY_TOKEN, optional QRISPAY_FEED_URL); it waits for a
 real payment, up to the invoice's expiry::
 
     python examples/task_group.py --live 10000
+
+What the Reconciler knows is kept in a SQLite file (``--db``, default a
+temporary file for the sandbox and ``./qrispay.db`` live), and a durable
+consumer beside it handles every event: it resumes after the id it last
+handled (kept in ``<db>.cursor``), so a verdict made while this script was not
+running is still handled, once, when it runs again.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pathlib
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 
 import anyio
 
 from qrispay import (
+    DuplicatePayment,
+    Event,
     GatewayClient,
     Invoice,
     InvoiceCancelledError,
     InvoiceExpiredError,
     InvoicePaid,
+    LatePayment,
     MutationClient,
     PollPolicy,
     Reconciler,
+    SQLiteStore,
+    UnmatchedCredit,
 )
 from qrispay.mutations import DEFAULT_FEED_URL
 
@@ -49,6 +62,26 @@ def show(invoice: Invoice) -> None:
     print(f"  before {invoice.expired_at:%Y-%m-%d %H:%M:%S %Z}")
 
 
+def handle(event: Event) -> None:
+    """Every verdict ends somewhere: here, on the screen. A payment that paid no
+    invoice (duplicate, late, unmatched) is money to refund or to look at."""
+    if isinstance(event, (DuplicatePayment, LatePayment, UnmatchedCredit)):
+        print(f"needs a person: {event.kind} ({event.id})")
+    elif not isinstance(event, InvoicePaid):
+        print(f"{event.kind} ({event.id})")
+
+
+async def consume(rec: Reconciler, cursor: pathlib.Path, *, task_status: object = None) -> None:
+    """Handle each event, then remember its id (resuming after it next time)."""
+    after = cursor.read_text() if cursor.exists() else ""
+    async with rec.events(after=after) as events:
+        if task_status is not None:
+            task_status.started()  # type: ignore[attr-defined]
+        async for event in events:
+            handle(event)
+            cursor.write_text(event.id)
+
+
 async def main(
     gateway: GatewayClient,
     feed: MutationClient,
@@ -57,11 +90,16 @@ async def main(
     policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen, shared safely
     clock: Callable[[], datetime] | None = None,
     present: Callable[[Invoice], object] = show,
+    db: str | os.PathLike[str] | None = None,
 ) -> InvoicePaid | None:
     """Create an invoice, ``present`` it, and wait: the ``InvoicePaid`` event, or
-    None if the invoice closed unpaid. The clients are the caller's to close."""
-    rec = Reconciler(feed, gateway=gateway, policy=policy, clock=clock)
-    async with anyio.create_task_group() as tg:
+    None if the invoice closed unpaid. The clients are the caller's to close.
+    ``db``: the SQLite file (default: a new temporary one)."""
+    path = pathlib.Path(db or pathlib.Path(tempfile.mkdtemp()) / "qrispay.db")
+    async with SQLiteStore(path) as store, anyio.create_task_group() as tg:
+        rec = Reconciler(feed, gateway=gateway, policy=policy, clock=clock, store=store)
+        # Subscribed before the loop starts, so the first poll's events reach it.
+        await tg.start(consume, rec, path.with_name(path.name + ".cursor"))
         # start() returns after the first feed poll: wrong credentials raise here.
         await tg.start(rec.run)
         invoice = await rec.create_invoice(amount)
@@ -113,7 +151,7 @@ async def _live(amount: int) -> None:
             base_url=feed_url,
         ) as feed,
     ):
-        await main(gateway, feed, amount=amount)
+        await main(gateway, feed, amount=amount, db=os.environ.get("QRISPAY_DB") or "qrispay.db")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ class ReplaySubscription:
     the Reconciler stops; ``EventsOverflowError`` if the live buffer overflowed
     while the store was being read or later).
 
-    ``KeyError`` on first iteration if the store does not hold ``after``.
+    ``after=""`` starts before the first stored event: every stored event,
+    for a consumer that has not handled one yet. ``KeyError`` on first
+    iteration if the store does not hold ``after``.
     """
 
     def __init__(self, live: EventSubscription, store: Store, merchant: str, after: str) -> None:
@@ -45,7 +47,8 @@ class ReplaySubscription:
     async def __anext__(self) -> Event:
         if self._cursor is None:
             await self._store.open()
-            self._cursor = await self._store.event_seq(self._merchant, self._after)
+            after = self._after
+            self._cursor = 0 if after == "" else await self._store.event_seq(self._merchant, after)
         while self._replaying and not self._backlog:
             page = await self._store.events_after(self._merchant, self._cursor, PAGE)
             if not page:

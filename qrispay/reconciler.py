@@ -354,7 +354,8 @@ class Reconciler:
         committed after that one, in commit order, then the live ones, with no
         gap and no duplicate between the two (see ``ReplaySubscription``). A
         consumer that remembers the id of the last event it handled resumes
-        with it and misses nothing across its own restarts.
+        with it and misses nothing across its own restarts; ``after=""`` (no
+        event handled yet) gives every stored event first.
         """
         live = self._hub.subscribe(buffer)
         if after is None:

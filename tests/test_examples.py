@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -75,6 +76,7 @@ def make_app(sandbox: Sandbox, **kw: Any) -> FastAPI:
         "gateway_factory": sandbox.gateway_client,
         "feed_factory": sandbox.mutation_client,
         "policy": FAST,
+        "db": Path(tempfile.mkdtemp(prefix="qrispay-test-")) / "qrispay.db",
         **kw,
     }
     app: FastAPI = fastapi_app.create_app(**kw)
@@ -284,6 +286,43 @@ async def test_gateway_failures_map_to_5xx_without_the_key(
 
 
 @pytest.mark.anyio
+async def test_a_restart_carries_on_and_every_verdict_is_handled(tmp_path: Path) -> None:
+    # Stop the service, let customers pay, start it again: the downtime's payment
+    # pays its invoice, a wrong amount reaches the attention list, and the
+    # consumer resumes after the last event it handled.
+    sandbox = Sandbox(ttl=TTL)
+    db = tmp_path / "shop.db"
+    app = make_app(sandbox, db=db)
+    async with running(app) as client:
+        first = await create(client)
+        second = await create(client)
+        sandbox.pay(first["total"])
+        assert (await eventually(client, first["invoice_id"], "paid"))["status"] == "paid"
+        with anyio.fail_after(DEADLINE):
+            while not app.state.verdicts.delivered:
+                await anyio.sleep(0.05)
+    cursor = db.with_name("shop.db.cursor").read_text()
+    assert cursor == f"paid:{first['invoice_id']}"
+
+    sandbox.pay(second["total"])  # while the service is down
+    sandbox.pay(77_777)  # nobody's total
+    app = make_app(sandbox, db=db)
+    async with running(app) as client:
+        paid = await eventually(client, second["invoice_id"], "paid")
+        assert paid["status"] == "paid"
+        with anyio.fail_after(DEADLINE):
+            while not (await client.get("/attention")).json():
+                await anyio.sleep(0.05)
+        attention = (await client.get("/attention")).json()
+        # The first invoice survived the restart as the store knew it.
+        assert (await client.get(f"/invoices/{first['invoice_id']}")).json()["status"] == "paid"
+    assert [item["type"] for item in attention] == ["payment.unmatched"]
+    verdicts = app.state.verdicts
+    # The first payment was handled before the restart and not again after it.
+    assert list(verdicts.delivered.values()) == [second["invoice_id"]]
+
+
+@pytest.mark.anyio
 async def test_wrong_gateway_key_fails_the_start(caplog: pytest.LogCaptureFixture) -> None:
     # Start-up makes one cheap authenticated gateway call (the balance): a wrong
     # key stops the service there, not at the first customer's invoice.
@@ -362,10 +401,11 @@ async def test_sandbox_demo_app() -> None:
 
 @pytest.mark.anyio
 async def test_module_app_reads_the_environment_at_startup(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QRISPAY_DB", str(tmp_path / "qrispay.db"))
     # Importing needs no variable: the module-level app reads them at start-up.
     module = load_example("fastapi_app", "qrispay_example_fastapi_app_env")
     with pytest.raises(RuntimeError, match="QRISPAY_API_KEY"):

@@ -311,3 +311,27 @@ async def test_the_cache_window_is_honoured_across_a_restart(
             await anyio.sleep(1)
     assert len(world.transport.feed) >= 2
     assert min(world.transport.gaps()) >= INTERVAL - 1e-6
+
+
+async def test_replay_from_the_start_gives_every_stored_event(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    # A consumer that never handled an event (it crashed before remembering the
+    # first one) asks for everything with after="": nothing committed is missed.
+    store = new_store()
+    with anyio.fail_after(3600):
+        async with world.reconciler(store=store) as rec:
+            invoice = await rec.create_invoice(10_000)
+            world.sandbox.pay(invoice.total)
+            world.sandbox.pay(99_999)
+            await anyio.sleep(2 * INTERVAL)
+        rec2 = world.reconciler(store=new_store())
+        got: list[str] = []
+        subscription = rec2.events(after="")
+        async with rec2, subscription as events:
+            async for event in events:
+                got.append(event.id)
+                if len(got) == 2:
+                    break
+    assert got[0] == f"paid:{invoice.invoice_id}"
+    assert got[1].startswith("unmatched:")
