@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import hot_path, http_overhead, merchants, quota
+from . import hot_path, http_overhead, merchants, quota, stores
 from ._harness import Figure, table, write_results
 
 # name -> (module's main, full config, --quick config, --smoke config)
@@ -43,6 +43,20 @@ SUITES: dict[str, tuple[Callable[[Any], list[Figure]], Any, Any, Any]] = {
         merchants.Config(ttl=2.0, steps=(50, 100, 200)),
         merchants.Config(ttl=0.2, steps=(5,)),
     ),
+    "stores": (
+        stores.main,
+        stores.Config(repeats=41, cold_repeats=15, create_repeats=11, create_batch=100),
+        stores.Config(repeats=15, cold_repeats=7, create_repeats=5, create_batch=50),
+        stores.Config(
+            repeats=1,
+            cold_repeats=1,
+            create_repeats=1,
+            create_batch=5,
+            large=1000,
+            size_invoices=200,
+            size_rows=200,
+        ),
+    ),
 }
 
 LEGEND = """\
@@ -52,7 +66,9 @@ ratio = value / baseline. Baselines, all measured in this run:
   bare GET / bare pollers: plain httpx.AsyncClient requests of the same URL
   min: 3600 / (ttl + margin) fetches; cache floor: latency of one fetch per ttl + margin
     (uniform on [0, ttl + margin]); bare capacity: (ttl + margin) / bare CPU per fetch
-  5 s pollers: one task per open invoice asking the feed every 5 s (quota 60/min)\
+  5 s pollers: one task per open invoice asking the feed every 5 s (quota 60/min)
+  stores: the same path with MemoryStore (or the smaller state); SQLite files in a temp
+    dir (WAL, synchronous=FULL); sizes: file bytes after close (WAL checkpointed) vs JSON\
 """
 GC_NOTE = (
     "timed sections: gc.collect() before, cyclic GC off inside; medians of interleaved repeats"
