@@ -43,7 +43,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
-
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 

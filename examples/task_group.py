@@ -30,6 +30,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 import anyio
+import anyio.abc
+import anyio.to_thread
 
 from qrispay import (
     DuplicatePayment,
@@ -71,15 +73,23 @@ def handle(event: Event) -> None:
         print(f"{event.kind} ({event.id})")
 
 
-async def consume(rec: Reconciler, cursor: pathlib.Path, *, task_status: object = None) -> None:
+def _last_handled(cursor: pathlib.Path) -> str:
+    return cursor.read_text() if cursor.exists() else ""
+
+
+async def consume(
+    rec: Reconciler,
+    cursor: pathlib.Path,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """Handle each event, then remember its id (resuming after it next time)."""
-    after = cursor.read_text() if cursor.exists() else ""
+    after = await anyio.to_thread.run_sync(_last_handled, cursor)
     async with rec.events(after=after) as events:
-        if task_status is not None:
-            task_status.started()  # type: ignore[attr-defined]
+        task_status.started()
         async for event in events:
             handle(event)
-            cursor.write_text(event.id)
+            await anyio.to_thread.run_sync(cursor.write_text, event.id)
 
 
 async def main(

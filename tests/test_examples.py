@@ -299,7 +299,9 @@ async def test_a_restart_carries_on_and_every_verdict_is_handled(tmp_path: Path)
         sandbox.pay(first["total"])
         assert (await eventually(client, first["invoice_id"], "paid"))["status"] == "paid"
         with anyio.fail_after(DEADLINE):
-            while not app.state.verdicts.delivered:
+            while True:
+                if app.state.verdicts.delivered:
+                    break
                 await anyio.sleep(0.05)
     cursor = db.with_name("shop.db.cursor").read_text()
     assert cursor == f"paid:{first['invoice_id']}"
@@ -311,7 +313,9 @@ async def test_a_restart_carries_on_and_every_verdict_is_handled(tmp_path: Path)
         paid = await eventually(client, second["invoice_id"], "paid")
         assert paid["status"] == "paid"
         with anyio.fail_after(DEADLINE):
-            while not (await client.get("/attention")).json():
+            while True:
+                if (await client.get("/attention")).json():
+                    break
                 await anyio.sleep(0.05)
         attention = (await client.get("/attention")).json()
         # The first invoice survived the restart as the store knew it.
