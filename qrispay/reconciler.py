@@ -134,8 +134,8 @@ class Reconciler:
         if self._keeper is not None and not self._keeper.loaded:
             raise RuntimeError(
                 "this Reconciler keeps its state in a store, which is read when it "
-                "starts: start it first (async with, or task_group.start(rec.run)); to "
-                "seed an empty store with invoices, track them in an engine passed as engine="
+                "starts: start it first (async with, or task_group.start(rec.run)), or "
+                "read it now with `await rec.load()`"
             )
         if self._engine is None:
             self._engine = ReconciliationEngine(started_at=self._now())
@@ -182,9 +182,7 @@ class Reconciler:
         self._running = True
         self._hub.open()
         try:
-            if self._keeper is not None and not self._keeper.loaded:
-                self._engine = await self._keeper.load(self._engine, self._new_engine)
-                self._keeper.resume(self._schedule, self._now())
+            await self.load()
             self.engine  # noqa: B018 - made now, so started_at is the start of the loop
             fatal = await check_at_start(self.gateway)
             if fatal is not None:
@@ -206,6 +204,14 @@ class Reconciler:
             self._checking.clear()
             self._running = False
             self._hub.close()
+
+    async def load(self) -> None:
+        """Read the store (once; the loop does it too when it starts). Call it
+        before starting the loop to ``track()`` invoices that the first poll
+        must already know, as without a store. Without a store it does nothing."""
+        if self._keeper is not None and not self._keeper.loaded:
+            self._engine = await self._keeper.load(self._engine, self._new_engine)
+            self._keeper.resume(self._schedule, self._now())
 
     def _new_engine(self) -> ReconciliationEngine:
         return ReconciliationEngine(started_at=self._now())

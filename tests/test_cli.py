@@ -528,6 +528,30 @@ def test_watch_reports_an_invoice_paid_before_it_started(
     assert events[0]["invoice"]["invoice_id"] == invoice["invoice_id"]
 
 
+def test_watch_with_a_db_resumes_where_it_stopped(
+    served: Sandbox, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = str(tmp_path / "watch.db")
+    first = served.create_invoice(31_000)
+    served.pay(first["total"])
+    watch = ("watch", "--json", "--ttl", "0.5", "--duration", "1.2", "--db", db)
+    code, out, err = run(capsys, *watch, "--invoice", first["invoice_id"])
+    assert code == 0, err
+    assert [json.loads(line)["event"] for line in out.splitlines()] == ["InvoicePaid"]
+
+    # While no watch runs: the first customer pays again, a second one pays.
+    second = served.create_invoice(32_000)
+    served.pay(first["total"])
+    served.pay(second["total"])
+    code, out, err = run(capsys, *watch, "--invoice", second["invoice_id"])
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    # The first payment is not reported again; the downtime's two are, once each.
+    assert sorted(event["event"] for event in events) == ["DuplicatePayment", "InvoicePaid"]
+    paid = next(event for event in events if event["event"] == "InvoicePaid")
+    assert paid["invoice"]["invoice_id"] == second["invoice_id"]
+
+
 def test_watch_text(served: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     invoice = served.create_invoice(10_000)
     payment = after_first_fetch(served, lambda: served.pay(invoice["total"]))

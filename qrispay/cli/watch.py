@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
-from ..engine import ReconciliationEngine
 from ..errors import EventsOverflowError
 from ..events import Event
 from ..gateway import GatewayClient
@@ -45,16 +44,14 @@ async def _look_up(gateway: GatewayClient | None, ids: list[str]) -> list[Invoic
     return invoices
 
 
-def _track(target: Reconciler | ReconciliationEngine, invoices: list[Invoice]) -> None:
+def _track(rec: Reconciler, invoices: list[Invoice]) -> None:
     for invoice in invoices:
         # Watched as pending whatever the gateway says now, so an invoice paid
         # or expired already still gets its event: its feed row (or, with the
-        # gateway, the expiry check) settles it on the first polls.
-        pending = attrs.evolve(invoice, status=InvoiceStatus.PENDING)
-        if isinstance(target, ReconciliationEngine):
-            target.track(pending, now=datetime.now(timezone.utc))
-        elif target.engine.get(invoice.invoice_id) is None:
-            target.track(pending)
+        # gateway, the expiry check) settles it on the first polls. One a
+        # resumed watch already knows keeps what it knows.
+        if rec.engine.get(invoice.invoice_id) is None:
+            rec.track(attrs.evolve(invoice, status=InvoiceStatus.PENDING))
 
 
 def _announce(
@@ -121,16 +118,13 @@ async def _watch(args: argparse.Namespace, ctx: Ctx, state: _WatchState) -> int:
             gateway = await stack.enter_async_context(context.gateway())
         invoices = await _look_up(gateway, args.invoice)
         store = None
-        engine = None
         if args.db is not None:
             store = await stack.enter_async_context(SQLiteStore(args.db))
-            # Seeds a new database only; one that has state resumes it, and the
-            # invoices are tracked once the loop has read it.
-            engine = ReconciliationEngine(started_at=datetime.now(timezone.utc))
-            _track(engine, invoices)
-        rec = Reconciler(feed, gateway=gateway, policy=policy, store=store, engine=engine)
-        if store is None:
-            _track(rec, invoices)
+        rec = Reconciler(feed, gateway=gateway, policy=policy, store=store)
+        # With --db: what an earlier watch knew, read before the first poll, so
+        # the invoices are tracked when it judges the rows of the downtime.
+        await rec.load()
+        _track(rec, invoices)
         subscription = rec.events()
         _announce(args, ctx, feed, gateway, invoices, policy.interval)
 
@@ -139,9 +133,6 @@ async def _watch(args: argparse.Namespace, ctx: Ctx, state: _WatchState) -> int:
             tasks.start_soon(_print_events, ctx, subscription, drained)
             try:
                 async with rec:  # the first fetch; wrong credentials raise here
-                    if store is not None:
-                        _track(rec, invoices)
-                        await rec.flush()
                     if args.duration:
                         await anyio.sleep(args.duration)
                     elif not args.once:
