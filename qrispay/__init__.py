@@ -59,6 +59,7 @@ from .models import (
     WithdrawalStatus,
 )
 from .mutations import MutationClient
+from .payouts import Payouts
 from .polling import PollPolicy
 from .reconciler import EventSubscription, Reconciler, ReconcilerStats
 from .store import MemoryStore, SQLiteStore, Store
@@ -100,6 +101,7 @@ __all__ = [
     "MutationType",
     "NotFoundError",
     "OutcomeUnknownError",
+    "Payouts",
     "PollPolicy",
     "QrispayError",
     "RateLimitError",

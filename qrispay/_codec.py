@@ -1,4 +1,5 @@
-"""Invoices, feed rows, events and tracked records as plain JSON data, and back.
+"""Invoices, feed rows, events, tracked records and withdrawals as plain JSON
+data, and back.
 
 The form a store keeps and the HTTP service sends: money as int rupiah, times
 as ISO 8601 in UTC. Loading gives back equal values (an aware datetime equals
@@ -28,7 +29,16 @@ from .events import (
     UnknownRow,
     UnmatchedCredit,
 )
-from .models import JAKARTA, Invoice, InvoiceStatus, Mutation, MutationType, RejectedRow
+from .models import (
+    JAKARTA,
+    Invoice,
+    InvoiceStatus,
+    Mutation,
+    MutationType,
+    RejectedRow,
+    Withdrawal,
+    WithdrawalStatus,
+)
 
 __all__ = [
     "dump_event",
@@ -36,14 +46,17 @@ __all__ = [
     "dump_record",
     "dump_row",
     "dump_time",
+    "dump_withdrawal",
     "load_event",
     "load_invoice",
     "load_record",
     "load_row",
     "load_time",
+    "load_withdrawal",
 ]
 
 _STATUS_VALUES = frozenset(status.value for status in InvoiceStatus)
+_WITHDRAWAL_STATUS_VALUES = frozenset(status.value for status in WithdrawalStatus)
 _STATES = {state.value: state for state in State}
 
 
@@ -94,6 +107,43 @@ def load_invoice(data: Mapping[str, Any]) -> Invoice:
         expired_at=load_time(data["expired_at"]),
         created_at=_optional_time(data.get("created_at")),
         qris_payload=data.get("qris_payload"),
+    )
+
+
+def dump_withdrawal(withdrawal: Withdrawal) -> dict[str, Any]:
+    status = withdrawal.status
+    processed = withdrawal.processed_at
+    return {
+        "withdraw_id": withdrawal.withdraw_id,
+        "amount": withdrawal.amount,
+        "fee": withdrawal.fee,
+        "total_deduct": withdrawal.total_deduct,
+        "status": status.value if isinstance(status, WithdrawalStatus) else status,
+        "method": withdrawal.method,
+        "account_number": withdrawal.account_number,
+        "account_name": withdrawal.account_name,
+        "admin_note": withdrawal.admin_note,
+        "created_at": dump_time(withdrawal.created_at),
+        "processed_at": None if processed is None else dump_time(processed),
+        "new_balance": withdrawal.new_balance,
+    }
+
+
+def load_withdrawal(data: Mapping[str, Any]) -> Withdrawal:
+    status = data["status"]
+    return Withdrawal(
+        withdraw_id=data["withdraw_id"],
+        amount=data["amount"],
+        fee=data["fee"],
+        total_deduct=data["total_deduct"],
+        status=WithdrawalStatus(status) if status in _WITHDRAWAL_STATUS_VALUES else status,
+        method=data.get("method"),
+        account_number=data.get("account_number"),
+        account_name=data.get("account_name"),
+        admin_note=data.get("admin_note"),
+        created_at=load_time(data["created_at"]),
+        processed_at=_optional_time(data.get("processed_at")),
+        new_balance=data.get("new_balance"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
@@ -96,6 +97,7 @@ class GatewayClient(_client.ClientBase):
             rng=rng,
         )
         self.endpoints = endpoints
+        self._account = _account_scope(self._core.base_url, api_key)
 
     def __repr__(self) -> str:
         return f"GatewayClient(base_url={self.base_url!r}, api_key='***')"
@@ -281,6 +283,15 @@ class GatewayClient(_client.ClientBase):
 
     def _decode_error(self, why: str, body: Any, path: str, method: str) -> ResponseDecodeError:
         return self._core.shape_error(why, body, method=method, path=path)
+
+
+def _account_scope(base_url: str, api_key: str) -> str:
+    """A stable name of the gateway account that gives the key away to nobody:
+    what ``Payouts`` scopes its idempotency keys by, in stores and in messages."""
+    # A digest, never the key: the scope is written to stores, which are not
+    # secret. The separator keeps ("ab", "c") and ("a", "bc") apart.
+    data = f"{base_url}\n{api_key}".encode()
+    return hashlib.blake2b(data, digest_size=16, person=b"qrispay.payouts").hexdigest()
 
 
 @attrs.frozen

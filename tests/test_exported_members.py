@@ -41,6 +41,7 @@ PROMISED = {
     "GatewayClient",
     "GatewayEndpoints",
     "MutationClient",
+    "Payouts",
     # errors
     "QrispayError",
     "APIError",
