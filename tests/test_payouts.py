@@ -29,7 +29,7 @@ from qrispay import (
 from qrispay._codec import dump_withdrawal, load_withdrawal
 from qrispay.payouts import CLOCK_SKEW
 from qrispay.sandbox import Sandbox
-from qrispay.store import StoreError
+from qrispay.store import SQLiteStore, StoreError
 from qrispay.store._base import PAYOUT_STATES, PayoutEntry
 
 from .conftest import SECRET
@@ -42,10 +42,10 @@ NUMBER = "081234567890"
 NAME = "John Doe"
 ARGS = (100_000, NUMBER, NAME)
 
-#: The stores the contract runs on. SQLiteStore joins with one line once its
-#: payout methods are in: "sqlite": lambda path: SQLiteStore(path / "store.db"),
+#: The stores the contract runs on.
 STORES: dict[str, Callable[[Path], Store]] = {
     "memory": lambda path: MemoryStore(),
+    "sqlite": lambda path: SQLiteStore(path / "store.db"),
 }
 
 
