@@ -86,8 +86,10 @@ def _sqlite(directory: Path, name: str) -> SQLiteStore:
 
 
 async def _kept(store: Store, seed: ReconciliationEngine) -> tuple[Keeper, ReconciliationEngine]:
-    keeper = Keeper(store, MERCHANT, _Ticks())
+    keeper = Keeper(store, MERCHANT, _Ticks(), holder="bench", lease_ttl=3600.0)
     engine = await keeper.load(seed, lambda: seed)
+    # As a polling Reconciler commits: holding the merchant's lease, fenced by it.
+    assert await keeper.claim_lease()
     return keeper, engine
 
 

@@ -132,7 +132,42 @@ class InvoiceBook:
         self.records[invoice.invoice_id] = record
         self._add_open(record)
         self.touch(record)
+        if self.journal is not None:
+            self.journal.new.add(invoice.invoice_id)
         return record
+
+    def remove(self, invoice_id: str) -> None:
+        """Forget a record at once, as if never tracked (a total another worker
+        took first). The lazy heaps skip it when they reach it."""
+        record = self.records.pop(invoice_id, None)
+        if record is None:
+            return
+        by_total = self.open_by_total if record.state is State.OPEN else self.closed_by_total
+        self.open.pop(invoice_id, None)
+        same_total = by_total.get(record.invoice.total, [])
+        if record in same_total:
+            same_total.remove(record)
+            if not same_total:
+                del by_total[record.invoice.total]
+        if self.journal is not None:
+            self.journal.records.discard(invoice_id)
+            self.journal.new.discard(invoice_id)
+            self.journal.closed.discard(invoice_id)
+
+    def replace(self, record: Tracked) -> None:
+        """Take ``record`` as another worker committed it, in place of what is
+        known of that invoice here."""
+        had_journal, self.journal = self.journal, None
+        try:
+            self.remove(record.invoice.invoice_id)
+        finally:
+            self.journal = had_journal
+        self.adopt(record)
+        self.seq = max(self.seq, record.seq)
+        if record.closed_at is not None:
+            busy_until = record.closed_at + self._late_grace
+            if self.busy_until is None or busy_until > self.busy_until:
+                self.busy_until = busy_until
 
     def touch(self, record: Tracked) -> None:
         """Note that ``record`` changed (for the store, if there is one)."""
@@ -302,6 +337,8 @@ class InvoiceBook:
         record.invoice = _with_status(invoice, status)
         self._add_closed(record, at)
         self.touch(record)
+        if self.journal is not None:
+            self.journal.closed.add(invoice.invoice_id)
         busy_until = at + self._late_grace
         if self.busy_until is None or busy_until > self.busy_until:
             self.busy_until = busy_until

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from ._book import Tracked
 from ._codec import dump_event, dump_record, dump_row, dump_time, load_record, load_row, load_time
 from ._journal import Journal
 from ._memory import ExpiringMemory
@@ -19,7 +20,7 @@ from .engine import ReconciliationEngine
 from .errors import StoreError
 from .events import Event
 from .models import JAKARTA
-from .store._base import Changes, MerchantState, from_micros, micros
+from .store._base import HOLDS_FOREVER, Changes, MerchantState, from_micros, micros
 
 __all__ = ["META_VERSION", "attach", "changes", "engine_from", "everything", "take"]
 
@@ -79,25 +80,52 @@ def meta(engine: ReconciliationEngine, **poller: Any) -> dict[str, Any]:
     }
 
 
+def holds_until(engine: ReconciliationEngine, record: Tracked) -> int:
+    """Until when (UTC microseconds) ``record`` holds its total against new
+    invoices in any worker: while open, and rule 6's reservation after. At
+    least the engine's own reservation (the longer of the two possible ends
+    is taken, as the record does not tell whether a report was owed)."""
+    if record.closed_at is None:
+        return HOLDS_FOREVER
+    skew = engine.skew
+    until = max(record.closed_at + engine.late_grace + skew, record.owed_until(skew) + skew)
+    return micros(until)
+
+
+def record_row(engine: ReconciliationEngine, record: Tracked) -> tuple[str, int, str, str, int]:
+    """``record`` as a store writes it."""
+    text = json.dumps(dump_record(record), separators=(",", ":"))
+    invoice = record.invoice
+    return (
+        invoice.invoice_id,
+        invoice.total,
+        record.state.value,
+        text,
+        holds_until(engine, record),
+    )
+
+
 def changes(
     engine: ReconciliationEngine,
     journal: Journal,
     events: Iterable[Event],
     *,
     committed_at: datetime,
-    poller: Mapping[str, Any],
+    poller: Mapping[str, Any] | None,
+    fence: tuple[str, int] | None = None,
+    if_open: frozenset[str] = frozenset(),
 ) -> Changes:
-    """The ``Changes`` that bring a store from before ``journal`` to now."""
+    """The ``Changes`` that bring a store from before ``journal`` to now.
+    ``poller`` None: a worker that does not poll, which writes no meta."""
     records = engine._book.records
-    upserts = []
-    for invoice_id in journal.records:
-        record = records.get(invoice_id)
-        if record is not None:
-            text = json.dumps(dump_record(record), separators=(",", ":"))
-            upserts.append((invoice_id, record.invoice.total, record.state.value, text))
+    upserts = [
+        record_row(engine, records[invoice_id])
+        for invoice_id in journal.records
+        if invoice_id in records
+    ]
     horizon = engine._horizon
     return Changes(
-        meta=meta(engine, **poller),
+        meta=None if poller is None else meta(engine, **poller),
         records=upserts,
         forgotten=sorted(journal.forgotten - journal.records),
         seen=[(key, micros(date)) for key, date in journal.seen],
@@ -108,6 +136,8 @@ def changes(
             for event in events
         ],
         committed_at=committed_at,
+        fence=fence,
+        if_open=if_open,
     )
 
 

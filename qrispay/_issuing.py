@@ -20,7 +20,7 @@ from .errors import OutcomeUnknownError, TotalConflictError
 from .gateway import GatewayClient
 from .models import Invoice, InvoiceStatus
 
-__all__ = ["CANCEL_BUDGET", "MAX_CREATIONS", "create_at_gateway", "create_local"]
+__all__ = ["CANCEL_BUDGET", "MAX_CREATIONS", "cancel_quietly", "create_at_gateway", "create_local"]
 
 logger = logging.getLogger("qrispay.reconciler")
 
@@ -71,7 +71,7 @@ async def create_at_gateway(
         # shielded, so a caller's timeout does not leave them pending there.
         with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_BUDGET):
             for invoice in taken:
-                await _cancel_quietly(gateway, invoice)
+                await cancel_quietly(gateway, invoice)
 
 
 def _refuse_a_tracked_id(engine: ReconciliationEngine, invoice: Invoice, amount: int) -> None:
@@ -86,7 +86,7 @@ def _refuse_a_tracked_id(engine: ReconciliationEngine, invoice: Invoice, amount:
         )
 
 
-async def _cancel_quietly(gateway: GatewayClient, invoice: Invoice) -> None:
+async def cancel_quietly(gateway: GatewayClient, invoice: Invoice) -> None:
     try:
         await gateway.cancel_invoice(invoice.invoice_id)
     except Exception as error:

@@ -16,10 +16,15 @@ class Journal:
     """Invoice ids added or changed, ids forgotten, keys remembered since it was
     started (``seen`` for rows, ``rejected`` for unreadable rows)."""
 
-    __slots__ = ("forgotten", "records", "rejected", "seen")
+    __slots__ = ("closed", "forgotten", "new", "records", "rejected", "seen")
 
     def __init__(self) -> None:
         self.records: set[str] = set()
+        #: Of ``records``, the invoices tracked since: a store claims their totals.
+        self.new: set[str] = set()
+        #: Of ``records``, the invoices closed since (paid, expired, cancelled):
+        #: a store writes them only if no other worker closed them first.
+        self.closed: set[str] = set()
         self.forgotten: set[str] = set()
         self.seen: list[tuple[str, datetime]] = []
         self.rejected: list[tuple[str, datetime]] = []
@@ -30,6 +35,8 @@ class Journal:
     def merge_earlier(self, earlier: Journal) -> None:
         """Take back a journal whose commit failed, as if it had never been taken."""
         self.records |= earlier.records - self.forgotten
+        self.new |= earlier.new - self.forgotten
+        self.closed |= earlier.closed - self.forgotten
         self.forgotten |= earlier.forgotten - self.records
         self.seen[:0] = earlier.seen
         self.rejected[:0] = earlier.rejected

@@ -1,14 +1,18 @@
-"""The Reconciler's side of a store: load on start, commit before publishing.
+"""The Reconciler's side of a store: load, lease, claim, commit, then publish.
 
 Every event is committed, with the engine changes that produced it, in one
 transaction before it is published or wakes a waiter (docs/design.md,
-"Stores"). A commit that fails keeps its changes and events pending for the
-next one; nothing is published until it is stored, and an event whose id the
-store already holds is never published again.
+"Stores"). Events are published from the store, in commit order, after each
+commit and on each catch-up: an event is published once per process whoever
+committed it and whatever a failed call reported. With several workers on one
+store (docs/design.md, "Several workers"), only the holder of the merchant's
+lease writes what polls find, every such commit is fenced by the lease's
+epoch, and new invoices claim their totals in the store.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -17,10 +21,14 @@ from typing import Any
 import anyio
 
 from . import _durable
+from ._codec import dump_time, load_record
+from ._journal import Journal
+from ._replay import PAGE
 from .engine import ReconciliationEngine
+from .errors import TotalConflictError
 from .events import Event
 from .polling import Schedule
-from .store._base import Store
+from .store._base import Lease, Store
 
 __all__ = ["Keeper"]
 
@@ -28,19 +36,45 @@ Publish = Callable[[list[tuple[int, Event]]], None]
 
 
 class Keeper:
-    """Keeps one merchant's engine in ``store``; ``clock`` gives commit times."""
+    """Keeps one merchant's engine in ``store`` for the worker ``holder``."""
 
-    def __init__(self, store: Store, merchant: str, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        merchant: str,
+        clock: Callable[[], datetime],
+        *,
+        holder: str,
+        lease_ttl: float,
+    ) -> None:
         self.store = store
         self.merchant = merchant
+        self.holder = holder
+        self.lease_ttl = lease_ttl
         self._clock = clock
         self._lock = anyio.Lock()
         self._pending: list[Event] = []
-        #: The poller's own times, kept beside the engine (wall-clock ISO or None).
-        self.poller: dict[str, Any] = {"last_fetch": None, "not_before": None}
-        #: The ``seq`` of the last event this process committed or found stored.
+        # This process's events by id, until published: the store's copy of them
+        # is then not read back from JSON.
+        self._own: dict[str, Event] = {}
+        #: The poller's own times, kept beside the engine (UTC ISO or None).
+        self.poller: dict[str, Any] = {"last_fetch": None, "not_before": None, "holds": 1}
+        #: The ``seq`` of the last event published here (or stored before the start).
         self.last_seq = 0
+        self.records_version = 0
+        self.lease: Lease | None = None
         self.loaded = False
+        #: A commit failed and its changes wait: no new rows are fetched until they
+        #: are stored, so a crash loses one poll at most.
+        self.behind = False
+        #: Totals another worker took first, for ``flush()`` to raise.
+        self.conflicts: list[TotalConflictError] = []
+
+    @property
+    def polling(self) -> bool:
+        return self.lease is not None
+
+    # -- loading ------------------------------------------------------------------
 
     async def load(
         self, seed: ReconciliationEngine | None, make: Callable[[], ReconciliationEngine]
@@ -48,69 +82,194 @@ class Keeper:
         """The stored engine; or, for a merchant the store does not know, ``seed``
         (or ``make()``), written to the store whole."""
         await self.store.open()
+        # The version first: a record written between the two reads is read again.
+        _, version = await self.store.records_since(self.merchant, 2**62)
         state = await self.store.load(self.merchant)
-        if state is None:
+        if state is None or not state.meta:
             engine = seed if seed is not None else make()
             everything = _durable.everything(engine)
+            everything.new = set(everything.records)
             _durable.attach(engine)
             async with self._lock:
-                await self._write(engine, everything, [])
+                self._give(engine, everything)
+                await self._claim(engine)
+                await self._write(engine, [], poller=self.poller)
         else:
-            engine = _durable.engine_from(state)
-            _durable.attach(engine)
-            self.poller = {key: state.meta.get(key) for key in self.poller}
-            self.last_seq = state.last_seq
+            engine = self._engine_from(state)
+            self.last_seq = max(self.last_seq, state.last_seq)
+        self.records_version = max(self.records_version, version)
         self.loaded = True
         return engine
+
+    def _engine_from(self, state: Any) -> ReconciliationEngine:
+        engine = _durable.engine_from(state)
+        _durable.attach(engine)
+        self.poller = {key: state.meta.get(key) for key in self.poller}
+        if self.poller["holds"] != 1:
+            # Written before records said how long they hold their totals (schema
+            # 2): the next commit writes every record once, with it.
+            self._give(engine, _durable.everything(engine))
+            self.poller["holds"] = 1
+        return engine
+
+    async def reload(self) -> ReconciliationEngine:
+        """The engine as the store holds it now (for a new lease holder, or after
+        a commit the store refused). Changes not stored are dropped."""
+        _, version = await self.store.records_since(self.merchant, 2**62)
+        state = await self.store.load(self.merchant)
+        if state is None:
+            raise RuntimeError(f"the store no longer holds merchant {self.merchant!r}")
+        self._pending.clear()
+        self._own.clear()
+        self.behind = False
+        engine = self._engine_from(state)
+        self.records_version = max(self.records_version, version)
+        return engine
+
+    @staticmethod
+    def _give(engine: ReconciliationEngine, journal: Journal) -> None:
+        current = engine._book.journal
+        assert current is not None
+        current.merge_earlier(journal)
+
+    # -- the lease ----------------------------------------------------------------
+
+    async def claim_lease(self) -> bool:
+        """Take or renew the merchant's poll lease; False while another holds it."""
+        epoch = None if self.lease is None else self.lease.epoch
+        self.lease = await self.store.claim_lease(
+            self.merchant, self.holder, epoch, now=self._clock(), ttl=self.lease_ttl
+        )
+        return self.lease is not None
+
+    async def release_lease(self) -> None:
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            await self.store.release_lease(self.merchant, lease.holder, lease.epoch)
+
+    def lost(self) -> None:
+        """The lease is gone: what this worker judged and did not store is dropped
+        (the next holder judges the same rows again)."""
+        self.lease = None
+        self._pending.clear()
+        self._own.clear()
+        self.behind = False
+
+    # -- committing ---------------------------------------------------------------
 
     async def commit(
         self, engine: ReconciliationEngine, events: list[Event], publish: Publish
     ) -> None:
-        """Commit what changed in ``engine`` and ``events``; then, still in commit
-        order, ``publish`` the events newly stored, each with its ``seq``.
-
-        On failure the changes and events stay pending (the next commit takes
-        them) and the error is raised.
-        """
+        """Claim new invoices' totals, commit what changed in ``engine`` and
+        ``events``, then publish what the store holds that this process has not
+        published, in commit order. On failure the changes and events stay
+        pending for the next commit and the error is raised."""
         self._pending.extend(events)
+        for event in events:
+            self._own.setdefault(event.id, event)
         async with self._lock:
+            await self._claim(engine)
             journal = _durable.take(engine)
             pending, self._pending = self._pending, []
             try:
-                stored = await self._write(engine, journal, pending)
+                poller = self.poller if self.polling else None
+                await self._write(engine, pending, journal=journal, poller=poller)
             except BaseException:
-                _durable.give_back(engine, journal)
+                self._give(engine, journal)
                 self._pending[:0] = pending
+                self.behind = True
                 raise
-            publish(stored)
+            self.behind = False
+            await self._publish_stored(publish)
+
+    async def _claim(self, engine: ReconciliationEngine) -> None:
+        journal = engine._book.journal
+        assert journal is not None
+        records = engine._book.records
+        batch = sorted(invoice_id for invoice_id in journal.new if invoice_id in records)
+        if not batch:
+            return
+        # Taken out before the await: a change made to one meanwhile notes it again.
+        rows = [_durable.record_row(engine, records[invoice_id]) for invoice_id in batch]
+        journal.new -= set(batch)
+        journal.records -= set(batch)
+        try:
+            refused = await self.store.claim_invoices(self.merchant, rows, now=self._clock())
+        except BaseException:
+            journal.new |= set(batch)
+            journal.records |= set(batch)
+            raise
+        for invoice_id, holder in refused.items():
+            if holder == invoice_id:
+                continue  # stored already (an earlier claim's answer was lost)
+            total = records[invoice_id].invoice.total
+            engine._book.remove(invoice_id)
+            self.conflicts.append(TotalConflictError(total, holder))
 
     async def _write(
-        self, engine: ReconciliationEngine, journal: Any, events: list[Event]
-    ) -> list[tuple[int, Event]]:
+        self,
+        engine: ReconciliationEngine,
+        events: list[Event],
+        *,
+        poller: dict[str, Any] | None,
+        journal: Journal | None = None,
+    ) -> None:
+        journal = journal if journal is not None else _durable.take(engine)
+        fence = None if self.lease is None else (self.lease.holder, self.lease.epoch)
+        # A close is written only over an invoice still open in the store: another
+        # worker's close that came first wins, and this one is judged again.
+        if_open = frozenset(journal.closed & journal.records)
         changes = _durable.changes(
-            engine, journal, events, committed_at=self._clock(), poller=self.poller
+            engine,
+            journal,
+            events,
+            committed_at=self._clock(),
+            poller=poller,
+            fence=fence,
+            if_open=if_open,
         )
-        stored = await self.store.commit(self.merchant, changes)
-        seq_of = {item.id: item.seq for item in stored}
-        new: list[tuple[int, Event]] = []
-        for event in events:
-            seq = seq_of.pop(event.id, None)
-            if seq is not None:
-                new.append((seq, event))
-                self.last_seq = max(self.last_seq, seq)
-        return new
+        await self.store.commit(self.merchant, changes)
 
-    # -- the poller's times ------------------------------------------------------
+    async def _publish_stored(self, publish: Publish) -> None:
+        while True:
+            page = await self.store.events_after(self.merchant, self.last_seq, PAGE)
+            if not page:
+                return
+            ready = []
+            for stored in page:
+                event = self._own.pop(stored.id, None)
+                ready.append((stored.seq, stored.event() if event is None else event))
+            self.last_seq = page[-1].seq
+            publish(ready)
+
+    # -- what other workers wrote -------------------------------------------------
+
+    async def catch_up(self, engine: ReconciliationEngine, publish: Publish) -> None:
+        """Take the invoices other workers wrote, then publish the events they
+        committed (and any of this process's not published yet)."""
+        records, version = await self.store.records_since(self.merchant, self.records_version)
+        journal = engine._book.journal
+        for text in records:
+            record = load_record(json.loads(text))
+            # A change made here and not yet stored is newer than the stored copy.
+            if journal is None or record.invoice.invoice_id not in journal.records:
+                engine._book.replace(record)
+        self.records_version = max(self.records_version, version)
+        async with self._lock:
+            await self._publish_stored(publish)
+
+    # -- the poller's times -------------------------------------------------------
 
     def fetched(self, started: datetime, schedule: Schedule) -> None:
         """Note a fetch that started at ``started`` and the schedule after it."""
-        self.poller["last_fetch"] = started.isoformat()
+        self.poller["last_fetch"] = dump_time(started)
         wait = schedule.backoff if schedule.failures else 0.0
-        self.poller["not_before"] = None if not wait else _later(started, wait)
+        later = started + timedelta(seconds=wait)
+        self.poller["not_before"] = dump_time(later) if wait else None
 
     def resume(self, schedule: Schedule, now: datetime) -> None:
-        """Set ``schedule`` so that the first fetch after a restart still honours
-        the cache window (and a backoff) that the last fetch began."""
+        """Set ``schedule`` so that the first fetch after a restart or a hand-over
+        still honours the cache window (and a backoff) the last fetch began."""
         last = self.poller.get("last_fetch")
         if not last:
             return
@@ -122,7 +281,3 @@ class Keeper:
             if left > 0 and math.isfinite(left):
                 schedule.failures = max(schedule.failures, 1)
                 schedule.backoff = max(left + max(0.0, elapsed), schedule.policy.interval)
-
-
-def _later(start: datetime, seconds: float) -> str:
-    return (start + timedelta(seconds=seconds)).isoformat()

@@ -48,7 +48,14 @@ class ReplaySubscription:
         if self._cursor is None:
             await self._store.open()
             after = self._after
-            self._cursor = 0 if after == "" else await self._store.event_seq(self._merchant, after)
+            try:
+                self._cursor = (
+                    0 if after == "" else await self._store.event_seq(self._merchant, after)
+                )
+            except BaseException:
+                # Not iterable any more: the live buffer would only fill up.
+                await self._live.aclose()
+                raise
         while self._replaying and not self._backlog:
             page = await self._store.events_after(self._merchant, self._cursor, PAGE)
             if not page:

@@ -28,6 +28,8 @@ __all__ = [
     "ReconcilerStoppedError",
     "ResponseDecodeError",
     "ServerError",
+    "InvoiceStateConflictError",
+    "LeaseLostError",
     "StoreError",
     "StoreSchemaError",
     "TotalConflictError",
@@ -250,3 +252,15 @@ class StoreSchemaError(StoreError):
     """The store's schema is newer than this qrispay knows (written by a later
     release): upgrade qrispay, or open another store. It is never migrated
     backwards."""
+
+
+class LeaseLostError(StoreError):
+    """Another worker holds the merchant's poll lease now: this worker's commit
+    was refused (fenced) and nothing of it was written. Its events are not
+    published; the new holder judges the same rows again while the feed still
+    shows them."""
+
+
+class InvoiceStateConflictError(StoreError):
+    """The invoice was closed by another worker first (paid, expired or
+    cancelled): this worker's change to it was refused and nothing was written."""

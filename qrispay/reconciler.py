@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, overload
@@ -26,14 +27,17 @@ from ._hub import OUTCOMES_KEPT as OUTCOMES_KEPT  # importable from here, as bef
 from ._hub import EventHub, EventSubscription, paid_or_raise
 from ._issuing import CANCEL_BUDGET as CANCEL_BUDGET  # importable from here, as before
 from ._issuing import MAX_CREATIONS as MAX_CREATIONS
-from ._issuing import create_at_gateway, create_local
+from ._issuing import cancel_quietly, create_at_gateway, create_local
 from ._keeper import Keeper
 from ._replay import ReplaySubscription
 from ._stats import ReconcilerStats
+from ._workers import StoreLoop
 from .engine import ReconciliationEngine
 from .errors import (
+    InvoiceStateConflictError,
     QrispayError,
     RateLimitError,
+    TotalConflictError,
 )
 from .events import Event, InvoicePaid
 from .gateway import GatewayClient
@@ -60,7 +64,7 @@ async def _sleep_until(deadline: float) -> None:
         await anyio.sleep(left)
 
 
-class Reconciler:
+class Reconciler(StoreLoop):
     """Background reconciliation: feed rows in, paid invoices out.
 
     ::
@@ -112,8 +116,15 @@ class Reconciler:
         self._engine = engine
         self.store = store
         self.lease_ttl = float(lease_ttl)
-        self.worker_id = worker_id
-        self._keeper = None if store is None else Keeper(store, feed.merchant, self._now)
+        # Unique per Reconciler unless given: the lease tells its holders apart by it.
+        self.worker_id = worker_id or uuid.uuid4().hex[:16]
+        self._keeper = (
+            None
+            if store is None
+            else Keeper(
+                store, feed.merchant, self._now, holder=self.worker_id, lease_ttl=self.lease_ttl
+            )
+        )
         # Seeded, the backoff jitter (and so a run with faults) repeats exactly.
         self._schedule = Schedule(policy) if rng is None else Schedule(policy, rng)
         self._hub = EventHub(event_buffer)
@@ -143,8 +154,9 @@ class Reconciler:
 
     @property
     def is_polling(self) -> bool:
-        """True while this Reconciler's loop runs and polls the feed."""
-        return self._running and (self._keeper is None or self._keeper.loaded)
+        """True while this Reconciler polls the feed: its loop runs and, with a
+        store, it holds the merchant's poll lease."""
+        return self._running and (self._keeper is None or self._keeper.polling)
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -187,23 +199,31 @@ class Reconciler:
             fatal = await check_at_start(self.gateway)
             if fatal is not None:
                 raise fatal
-            # A second run still owes the cache its window (and a 429 its wait).
-            await _sleep_until(self._schedule.next_start(busy=True))
             async with anyio.create_task_group() as self._checks:
-                fatal = await self._poll(first=True)
-                if fatal is None:
-                    task_status.started()
-                    while True:
-                        await self._wait_for_next_poll()
-                        await self._poll()
+                if self._keeper is not None:
+                    fatal = await self._run_on_store(task_status)
+                else:
+                    fatal = await self._run_alone(task_status)
                 self._checks.cancel_scope.cancel()
             # Raised outside the task group, so the caller gets it as it is.
             assert fatal is not None
             raise fatal
         finally:
+            await self._release()
             self._checking.clear()
             self._running = False
             self._hub.close()
+
+    async def _run_alone(self, task_status: TaskStatus[None]) -> Exception | None:
+        # A second run still owes the cache its window (and a 429 its wait).
+        await _sleep_until(self._schedule.next_start(busy=True))
+        fatal = await self._poll(first=True)
+        if fatal is not None:
+            return fatal
+        task_status.started()
+        while True:
+            await self._wait_for_next_poll()
+            await self._poll()
 
     async def load(self) -> None:
         """Read the store (once; the loop does it too when it starts). Call it
@@ -236,6 +256,8 @@ class Reconciler:
     async def _poll(self, *, first: bool = False) -> Exception | None:
         """One fetch and what follows. Returns the error that should stop a
         starting loop (wrong credentials or paths), else None."""
+        if self._keeper is not None and not await self._before_poll():
+            return None
         self._schedule.started(anyio.current_time())
         fetch_started = self._now()
         self.stats.polls += 1
@@ -279,13 +301,17 @@ class Reconciler:
             return
         if fetch_started is not None:
             self._keeper.fetched(fetch_started, self._schedule)
-            try:
-                await self._keeper.commit(self.engine, events, self._publish)
-            except Exception as error:
-                self.stats.commit_failures += 1
-                logger.error("could not commit to the store (kept for the next try): %s", error)
+            await self._commit_poll(events)
             return
         await self._keeper.commit(self.engine, events, self._publish)
+
+    def _count_commit_failure(self, error: Exception) -> None:
+        self.stats.commit_failures += 1
+        logger.error(
+            "could not commit to the store; kept, and no new rows are fetched until it "
+            "is stored: %s",
+            error,
+        )
 
     def _failed(self, error: BaseException, *, rate_limited: bool = False) -> None:
         self.stats.failures += 1
@@ -386,8 +412,13 @@ class Reconciler:
     async def flush(self) -> None:
         """Commit every change not yet stored (tracked invoices, their events);
         returns once they are. Without a store it returns at once."""
-        if self._keeper is not None:
-            await self._commit([])
+        keeper = self._keeper
+        if keeper is None or not keeper.loaded:
+            return
+        await self._commit([])
+        if keeper.conflicts:
+            conflict, keeper.conflicts = keeper.conflicts[0], []
+            raise conflict
 
     async def create_invoice(self, amount: int) -> Invoice:
         """A new invoice, tracked at once.
@@ -398,33 +429,78 @@ class Reconciler:
         gateway but with ``static_qris``: made locally, with a unique total and
         a dynamic QRIS payload (``qris_payload``) that carries it.
         """
+        if self.gateway is None and self.static_qris is None:
+            raise RuntimeError("create_invoice needs a gateway or a static_qris")
+        conflict: TotalConflictError | None = None
+        for _ in range(MAX_CREATIONS if self._keeper is not None else 1):
+            if self._keeper is not None:
+                # The totals other workers hold, so the one chosen is likely free.
+                await self._keeper.catch_up(self.engine, self._publish)
+            invoice = await self._make_invoice(amount)
+            try:
+                # With a store: returned only once it is committed (its total
+                # claimed in the store), so a crash cannot lose it.
+                await self.flush()
+            except TotalConflictError as error:
+                # Another worker took that total first: this invoice is not tracked.
+                conflict = error
+                if self.gateway is not None:
+                    await cancel_quietly(self.gateway, invoice)
+                continue
+            except BaseException:
+                await self._forget_unstored(invoice)
+                raise
+            return invoice
+        assert conflict is not None
+        raise conflict
+
+    async def _make_invoice(self, amount: int) -> Invoice:
         if self.gateway is not None:
-            invoice = await create_at_gateway(
+            return await create_at_gateway(
                 self.gateway, self.engine, amount, clock=self._now, on_tracked=self._poke
             )
-        elif self.static_qris is None:
-            raise RuntimeError("create_invoice needs a gateway or a static_qris")
-        else:
-            invoice = create_local(
-                self.engine, self.static_qris, amount, now=self._now(), ttl=self.invoice_ttl
-            )
-            self._poke()
-        # With a store: returned only once it is committed, so a crash cannot lose it.
-        await self.flush()
+        assert self.static_qris is not None
+        invoice = create_local(
+            self.engine, self.static_qris, amount, now=self._now(), ttl=self.invoice_ttl
+        )
+        self._poke()
         return invoice
+
+    async def _forget_unstored(self, invoice: Invoice) -> None:
+        """After a failed commit: an invoice whose total was not claimed in the store
+        is dropped (and cancelled at the gateway), so the caller, who gets the
+        error, never holds an invoice that a crash would lose."""
+        journal = self.engine._book.journal
+        if journal is None or invoice.invoice_id not in journal.new:
+            return  # claimed: it is stored, and the next commit takes the rest
+        self.engine._book.remove(invoice.invoice_id)
+        if self.gateway is not None:
+            await cancel_quietly(self.gateway, invoice)
 
     async def cancel_invoice(self, invoice_id: str) -> list[Event]:
         """Cancel an open invoice: at the gateway (if any), then here.
 
         A paid invoice raises ``InvoiceNotCancellableError`` from the gateway.
         """
+        await self._know(invoice_id)
         if self.engine.state_of(invoice_id) is None:
             raise KeyError(invoice_id)
         if self.gateway is not None:
             await self.gateway.cancel_invoice(invoice_id)
         events = self.engine.cancel(invoice_id, now=self._now())
-        await self._commit(events)
+        try:
+            await self._commit(events)
+        except InvoiceStateConflictError:
+            # Closed by another worker first (paid, or expired): that close stands.
+            assert self._keeper is not None
+            self._engine = await self._keeper.reload()
+            return []
         return events
+
+    async def _know(self, invoice_id: str) -> None:
+        # Another worker may have made it: read the store before saying "unknown".
+        if self._keeper is not None and self.engine.state_of(invoice_id) is None:
+            await self._keeper.catch_up(self.engine, self._publish)
 
     async def wait_for_payment(
         self, invoice_id: str, *, timeout: float | None = None
@@ -439,6 +515,7 @@ class Reconciler:
         ago for its event to be remembered, answers from the engine's record
         (``source="record"``, no mutation; a cancellation then reads as expiry).
         """
+        await self._know(invoice_id)
         outcome = await self._hub.wait_for_outcome(invoice_id, self.engine, timeout=timeout)
         return paid_or_raise(outcome)
 

@@ -57,6 +57,8 @@ PROMISED = {
     "ResponseDecodeError",
     "OutcomeUnknownError",
     "TotalConflictError",
+    "LeaseLostError",
+    "InvoiceStateConflictError",
     "AllocationError",
     "InvoiceExpiredError",
     "InvoiceCancelledError",

@@ -25,6 +25,7 @@ from qrispay import (
 from qrispay.store import Changes, SQLiteStore, Store, StoredEvent
 
 from .test_reconciler import INTERVAL, World, _static_qris, virtual_backend
+from .virtual_time import hold_time_during_threads
 
 pytestmark = pytest.mark.anyio
 
@@ -36,8 +37,13 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest, store_kind: str) -> tuple[str, dict[str, Any]]:
-    # SQLite runs in worker threads: time may jump only after a short real idle.
-    return virtual_backend(request.param, idle=0.02 if store_kind == "sqlite" else 0.0)
+    # SQLite runs in worker threads: the clock stands still while one runs.
+    return virtual_backend(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _threads_hold_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    hold_time_during_threads(monkeypatch)
 
 
 @pytest.fixture
@@ -243,6 +249,11 @@ async def test_replay_from_an_unknown_id_raises_key_error(
             with pytest.raises(KeyError):
                 async with rec.events(after="paid:nope") as events:
                     await events.__anext__()
+            # Without ``async with`` too, the failed subscription leaves no live buffer.
+            events = rec.events(after="paid:nope")
+            with pytest.raises(KeyError):
+                await events.__anext__()
+            assert rec._hub._subscribers == []
 
 
 async def test_create_invoice_returns_once_committed(

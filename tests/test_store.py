@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,7 +29,7 @@ from qrispay.store import (
     _sqlite,
     _sqlite_schema,
 )
-from qrispay.store._base import micros
+from qrispay.store._base import HOLDS_FOREVER, micros
 
 pytestmark = pytest.mark.anyio
 
@@ -38,9 +40,9 @@ def at(minutes: int) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-def rec(invoice_id: str, version: int = 1, total: int = 10_000) -> tuple[str, int, str, str]:
+def rec(invoice_id: str, version: int = 1, total: int = 10_000) -> tuple[str, int, str, str, int]:
     text = json.dumps({"id": invoice_id, "v": version})
-    return (invoice_id, total, "pending", text)
+    return (invoice_id, total, "open", text, HOLDS_FOREVER)
 
 
 def ev(event_id: str, n: int = 0) -> tuple[str, str, str]:
@@ -430,7 +432,8 @@ async def test_unchanged_rows_are_not_rewritten(tmp_path: Path) -> None:
         await store.commit("m", changes)
         assert conn.total_changes == before
         await store.commit("m", Changes(meta={"v": 1}, records=[rec("a"), rec("b", 2)]))
-        assert conn.total_changes == before + 1
+        # The one record that changed, and the merchant's records version with it.
+        assert conn.total_changes == before + 2
 
 
 def plan(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> str:
@@ -620,4 +623,27 @@ def test_only_store_modules_import_sqlite3() -> None:
         for path in package.rglob("*.py")
         if "import sqlite3" in path.read_text(encoding="utf-8")
     }
-    assert importers <= {"store/_sqlite.py", "store/_sqlite_schema.py"}
+    assert importers <= {"store/_sqlite.py", "store/_sqlite_schema.py", "store/_sqlite_workers.py"}
+
+
+def test_a_new_file_opened_by_several_processes_at_once(tmp_path: Path) -> None:
+    # The switch to WAL needs the file to itself; SQLite does not wait for it,
+    # so without our own wait one of these processes would fail to open.
+    path = tmp_path / "new.db"
+    script = (
+        "import sys, anyio\n"
+        "from qrispay import SQLiteStore\n"
+        "async def main():\n"
+        "    async with SQLiteStore(sys.argv[1]) as store:\n"
+        "        assert await store.load('m') is None\n"
+        "anyio.run(main)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path)], stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    errors = [proc.communicate(timeout=60)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 6, errors
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()

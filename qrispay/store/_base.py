@@ -79,37 +79,64 @@ class MerchantState:
     last_seq: int
 
 
+#: ``holds_until`` of an invoice that holds its total until further notice (open).
+HOLDS_FOREVER = 2**62
+
+
+@attrs.frozen
+class Lease:
+    """The right to poll one merchant's feed and commit what the polls find:
+    held by ``holder`` until ``expires_at`` (by the Reconciler's clock) unless
+    renewed. ``epoch`` grows at every change of holder; a commit fenced with an
+    older epoch is refused."""
+
+    holder: str
+    epoch: int
+    expires_at: datetime
+
+
 @attrs.frozen
 class Changes:
     """What one commit writes for one merchant.
 
-    ``meta`` replaces the stored one (it is small). ``records`` are upserted by
-    invoice id as ``(invoice_id, total, state, json)``, ``forgotten`` deleted;
+    ``meta`` replaces the stored one (it is small; None: left as it is). ``records``
+    are upserted by invoice id as ``(invoice_id, total, state, json,
+    holds_until)``, where ``holds_until`` (UTC microseconds, ``HOLDS_FOREVER``
+    while open) is when the invoice stops holding its total; ``forgotten`` deleted;
     ``seen`` and ``rejected`` keys are added, and every remembered key dated
     before ``horizon`` (UTC microseconds) is dropped. ``events`` are
     ``(id, kind, json)`` in publishing order; an id the merchant already has is
     skipped, so a fact committed once is never stored or published twice.
+
+    ``fence`` ``(holder, epoch)``: the commit is refused with ``LeaseLostError``,
+    nothing written, unless that is the merchant's lease now. ``if_open``: ids of
+    ``records`` written only if the stored invoice is still open, else the
+    commit is refused with ``InvoiceStateConflictError`` (a close decided by a
+    worker that does not poll must not undo one the poller committed).
     """
 
-    meta: dict[str, Any]
-    records: list[tuple[str, int, str, str]] = attrs.field(factory=list)
+    meta: dict[str, Any] | None
+    records: list[tuple[str, int, str, str, int]] = attrs.field(factory=list)
     forgotten: list[str] = attrs.field(factory=list)
     seen: list[tuple[str, int]] = attrs.field(factory=list)
     rejected: list[tuple[str, int]] = attrs.field(factory=list)
     horizon: int | None = None
     events: list[tuple[str, str, str]] = attrs.field(factory=list)
     committed_at: datetime = attrs.field(factory=lambda: datetime.now(timezone.utc))
+    fence: tuple[str, int] | None = None
+    if_open: frozenset[str] = frozenset()
 
 
-def prepare(changes: Changes) -> tuple[str, list[Any]]:
+def prepare(changes: Changes) -> tuple[str | None, list[Any]]:
     """The checks every store makes before it writes anything, so that every store
     refuses the same ``Changes`` the same way with nothing changed: the meta as
     JSON text, and each event's data, parsed (``ValueError`` for bad JSON or an
     invoice total that is not positive; ``TypeError`` for meta that is not JSON)."""
-    for invoice_id, total, _state, _text in changes.records:
+    for invoice_id, total, _state, _text, _holds in changes.records:
         if total <= 0:
             raise ValueError(f"invoice {invoice_id!r} has total {total}; a total is positive")
-    return json.dumps(changes.meta), [json.loads(text) for _, _, text in changes.events]
+    meta = None if changes.meta is None else json.dumps(changes.meta)
+    return meta, [json.loads(text) for _, _, text in changes.events]
 
 
 @attrs.frozen
@@ -205,3 +232,32 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def payout_claimed_ids(self, scope: str) -> set[str]:
         """Every ``withdraw_id`` some entry of ``scope`` holds."""
+
+    # -- several workers: see docs/design.md, "Several workers" -------------------
+
+    @abc.abstractmethod
+    async def claim_lease(
+        self, merchant: str, holder: str, epoch: int | None, *, now: datetime, ttl: float
+    ) -> Lease | None:
+        """In one atomic step: renew the lease if ``holder`` holds it at ``epoch``;
+        else take it (a new epoch) if it is free or lapsed (``expires_at < now``) or
+        held under this holder's name by an earlier incarnation (``epoch`` None or
+        another). None while another holder's lease is live."""
+
+    @abc.abstractmethod
+    async def release_lease(self, merchant: str, holder: str, epoch: int) -> None:
+        """Let the lease lapse now, if ``holder`` still holds it at ``epoch``."""
+
+    @abc.abstractmethod
+    async def claim_invoices(
+        self, merchant: str, claims: list[tuple[str, int, str, str, int]], *, now: datetime
+    ) -> dict[str, str]:
+        """Insert new invoices (records as in ``Changes``) in one transaction, each
+        only if its id is not stored and no stored invoice holds its total at
+        ``now``. Returns the refused ones: invoice id -> the id holding the total
+        (its own id when the invoice is stored already)."""
+
+    @abc.abstractmethod
+    async def records_since(self, merchant: str, version: int) -> tuple[list[str], int]:
+        """The records written after ``version`` (oldest write first) and the
+        version now; ``version`` 0 gives them all."""

@@ -11,20 +11,24 @@ from __future__ import annotations
 import bisect
 import heapq
 import json
-from datetime import datetime
+from collections import OrderedDict
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import attrs
 
-from ..errors import StoreError
+from ..errors import InvoiceStateConflictError, LeaseLostError, StoreError
 from ._base import (
     PAYOUT_STATES,
     Changes,
+    Lease,
     MerchantState,
     PayoutEntry,
     Store,
     StoredEvent,
+    from_micros,
+    micros,
     prepare,
 )
 
@@ -36,11 +40,27 @@ def _seq_of(event: StoredEvent) -> int:
 
 
 class _Merchant:
-    __slots__ = ("event_ids", "events", "meta", "order", "records", "rejected", "seen")
+    __slots__ = (
+        "event_ids",
+        "events",
+        "lease",
+        "meta",
+        "order",
+        "recent",
+        "records",
+        "rejected",
+        "seen",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.meta: dict[str, Any] = {}
-        self.records: dict[str, str] = {}
+        # invoice id -> (total, state, json, holds_until), in first-stored order.
+        self.records: dict[str, tuple[int, str, str, int]] = {}
+        # invoice id -> the version of its last write, oldest write first.
+        self.recent: OrderedDict[str, int] = OrderedDict()
+        self.version = 0
+        self.lease: Lease | None = None
         self.seen: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
         # (date, which memory, key), oldest first: forgetting costs what is forgotten.
@@ -71,7 +91,7 @@ class MemoryStore(Store):
         last = state.events[-1].seq if state.events else 0
         return MerchantState(
             meta=json.loads(json.dumps(state.meta)),
-            records=list(state.records.values()),
+            records=[text for _, _, text, _ in state.records.values()],
             seen=list(state.seen.items()),
             rejected=list(state.rejected.items()),
             last_seq=last,
@@ -83,14 +103,32 @@ class MemoryStore(Store):
         meta_text, datas = prepare(changes)
         async with self._lock:
             state = self._merchants.get(merchant)
+            if changes.fence is not None:
+                lease = None if state is None else state.lease
+                if lease is None or (lease.holder, lease.epoch) != changes.fence:
+                    raise LeaseLostError(
+                        f"the poll lease of merchant {merchant!r} is no longer this worker's"
+                    )
+            for invoice_id in changes.if_open:
+                row = None if state is None else state.records.get(invoice_id)
+                if row is not None and row[1] != "open":
+                    raise InvoiceStateConflictError(
+                        f"invoice {invoice_id!r} was closed by another worker first"
+                    )
             if state is None:
                 state = self._merchants[merchant] = _Merchant()
             # A JSON round trip: the store keeps data, never the caller's objects.
-            state.meta = json.loads(meta_text)
-            for invoice_id, _total, _state, text in changes.records:
-                state.records[invoice_id] = text
+            if meta_text is not None:
+                state.meta = json.loads(meta_text)
+            if changes.records or changes.forgotten:
+                state.version += 1
+            for invoice_id, total, status, text, holds in changes.records:
+                state.records[invoice_id] = (total, status, text, holds)
+                state.recent[invoice_id] = state.version
+                state.recent.move_to_end(invoice_id)
             for invoice_id in changes.forgotten:
                 state.records.pop(invoice_id, None)
+                state.recent.pop(invoice_id, None)
             memories = (state.seen, state.rejected)
             for which, added in enumerate((changes.seen, changes.rejected)):
                 for key, at in added:
@@ -111,6 +149,86 @@ class MemoryStore(Store):
                 state.event_ids[event_id] = self._seq
                 stored.append(event)
             return stored
+
+    # -- several workers ------------------------------------------------------------
+
+    async def claim_lease(
+        self, merchant: str, holder: str, epoch: int | None, *, now: datetime, ttl: float
+    ) -> Lease | None:
+        async with self._lock:
+            state = self._merchants.get(merchant)
+            if state is None:
+                state = self._merchants[merchant] = _Merchant()
+            lease = state.lease
+            until = now + timedelta(seconds=ttl)
+            if lease is not None and lease.holder == holder and lease.epoch == epoch:
+                state.lease = Lease(holder, lease.epoch, until)
+            elif lease is None or lease.expires_at < now or lease.holder == holder:
+                state.lease = Lease(holder, 1 if lease is None else lease.epoch + 1, until)
+            else:
+                return None
+            return state.lease
+
+    async def release_lease(self, merchant: str, holder: str, epoch: int) -> None:
+        async with self._lock:
+            state = self._merchants.get(merchant)
+            lease = None if state is None else state.lease
+            if (
+                state is not None
+                and lease is not None
+                and (lease.holder, lease.epoch)
+                == (
+                    holder,
+                    epoch,
+                )
+            ):
+                state.lease = Lease(holder, epoch, from_micros(0))
+
+    async def claim_invoices(
+        self, merchant: str, claims: list[tuple[str, int, str, str, int]], *, now: datetime
+    ) -> dict[str, str]:
+        for invoice_id, total, _status, _text, _holds in claims:
+            if total <= 0:
+                raise ValueError(f"invoice {invoice_id!r} has total {total}; a total is positive")
+        at = micros(now)
+        async with self._lock:
+            state = self._merchants.get(merchant)
+            if state is None:
+                state = self._merchants[merchant] = _Merchant()
+            refused: dict[str, str] = {}
+            # By total: what holds each one now, among stored and just claimed.
+            holders: dict[int, str] = {}
+            for other_id, (total, _status, _text, holds) in state.records.items():
+                if holds >= at:
+                    holders.setdefault(total, other_id)
+            accepted = []
+            for claim in claims:
+                invoice_id, total = claim[0], claim[1]
+                if invoice_id in state.records:
+                    refused[invoice_id] = invoice_id
+                elif total in holders:
+                    refused[invoice_id] = holders[total]
+                else:
+                    holders[total] = invoice_id
+                    accepted.append(claim)
+            if accepted:
+                state.version += 1
+            for invoice_id, total, status, text, holds in accepted:
+                state.records[invoice_id] = (total, status, text, holds)
+                state.recent[invoice_id] = state.version
+            return refused
+
+    async def records_since(self, merchant: str, version: int) -> tuple[list[str], int]:
+        state = self._merchants.get(merchant)
+        if state is None:
+            return [], 0
+        newer: list[str] = []
+        for invoice_id in reversed(state.recent):
+            if state.recent[invoice_id] <= version:
+                break
+            newer.append(state.records[invoice_id][2])
+        newer.reverse()
+        return newer, state.version
 
     async def events_after(self, merchant: str, seq: int, limit: int) -> list[StoredEvent]:
         state = self._merchants.get(merchant)

@@ -26,9 +26,11 @@ import anyio.to_thread
 
 from ..errors import StoreError
 from . import _sqlite_schema as schema
+from . import _sqlite_workers as workers
 from ._base import (
     PAYOUT_STATES,
     Changes,
+    Lease,
     MerchantState,
     PayoutEntry,
     Store,
@@ -50,12 +52,14 @@ _EVENT = "seq, id, kind, created_us, data"
 _UPSERT_MERCHANT = """INSERT INTO merchants (merchant, meta) VALUES (?, ?)
     ON CONFLICT (merchant) DO UPDATE SET meta = excluded.meta
     WHERE meta IS NOT excluded.meta"""
-_UPSERT_INVOICE = """INSERT INTO invoices (merchant, invoice_id, total, state, record)
-    VALUES (?, ?, ?, ?, ?)
+_UPSERT_INVOICE = """INSERT INTO invoices
+    (merchant, invoice_id, total, state, record, holds_until_us, version)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (merchant, invoice_id) DO UPDATE
-    SET total = excluded.total, state = excluded.state, record = excluded.record
+    SET total = excluded.total, state = excluded.state, record = excluded.record,
+        holds_until_us = excluded.holds_until_us, version = excluded.version
     WHERE total IS NOT excluded.total OR state IS NOT excluded.state
-        OR record IS NOT excluded.record"""
+        OR record IS NOT excluded.record OR holds_until_us IS NOT excluded.holds_until_us"""
 # ON CONFLICT DO NOTHING rather than INSERT OR IGNORE: OR IGNORE would also
 # swallow a NOT NULL or CHECK violation, and a bad row must fail the commit.
 _ADD_KEY = """INSERT INTO seen_rows (merchant, kind, key, date_us) VALUES (?, ?, ?, ?)
@@ -157,9 +161,7 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA synchronous = FULL")
             # Identified before anything is written, so a foreign file is left as it was.
             version = schema.identify(conn, self._path)
-            # Where WAL is impossible (":memory:") SQLite keeps its rollback
-            # journal, which is slower with several processes but as safe.
-            conn.execute("PRAGMA journal_mode = WAL")
+            schema.use_wal(conn, self._busy_timeout)
             if version < schema.VERSION:
                 schema.migrate(conn)
         except BaseException as exc:
@@ -229,17 +231,32 @@ class SQLiteStore(Store):
         conn: sqlite3.Connection,
         merchant: str,
         changes: Changes,
-        meta_text: str,
+        meta_text: str | None,
         datas: list[Any],
     ) -> list[StoredEvent]:
+        if changes.fence is not None:
+            workers.check_fence(conn, merchant, changes.fence)
+        if changes.if_open:
+            workers.check_open(conn, merchant, changes.if_open)
         # Each step touches only what changed: no statement reads or rewrites a
         # merchant's whole state, so a commit costs what it commits.
-        conn.execute(_UPSERT_MERCHANT, (merchant, meta_text))
+        if meta_text is None:
+            conn.execute(
+                "INSERT INTO merchants (merchant, meta) VALUES (?, '{}') ON CONFLICT DO NOTHING",
+                (merchant,),
+            )
+        else:
+            conn.execute(_UPSERT_MERCHANT, (merchant, meta_text))
         if changes.records:
+            # The version moves only when a record did: an unchanged poll writes nothing.
+            version = workers.current_version(conn, merchant) + 1
+            before = conn.total_changes
             conn.executemany(
                 _UPSERT_INVOICE,
-                [(merchant, iid, total, st, text) for iid, total, st, text in changes.records],
+                [(merchant, *record, version) for record in changes.records],
             )
+            if conn.total_changes != before:
+                workers.set_version(conn, merchant, version)
         if changes.forgotten:
             conn.executemany(
                 "DELETE FROM invoices WHERE merchant = ? AND invoice_id = ?",
@@ -387,3 +404,34 @@ class SQLiteStore(Store):
             return {withdraw_id for (withdraw_id,) in rows}
 
         return await self._run(claimed)
+
+    # -- several workers ------------------------------------------------------------
+
+    async def claim_lease(
+        self, merchant: str, holder: str, epoch: int | None, *, now: datetime, ttl: float
+    ) -> Lease | None:
+        return await self._run(
+            lambda conn: _write(
+                conn, lambda: workers.claim_lease(conn, merchant, holder, epoch, now, ttl)
+            )
+        )
+
+    async def release_lease(self, merchant: str, holder: str, epoch: int) -> None:
+        await self._run(
+            lambda conn: _write(conn, lambda: workers.release_lease(conn, merchant, holder, epoch))
+        )
+
+    async def claim_invoices(
+        self, merchant: str, claims: list[tuple[str, int, str, str, int]], *, now: datetime
+    ) -> dict[str, str]:
+        for invoice_id, total, _status, _text, _holds in claims:
+            if total <= 0:
+                raise ValueError(f"invoice {invoice_id!r} has total {total}; a total is positive")
+        return await self._run(
+            lambda conn: _write(conn, lambda: workers.claim_invoices(conn, merchant, claims, now))
+        )
+
+    async def records_since(self, merchant: str, version: int) -> tuple[list[str], int]:
+        return await self._run(
+            lambda conn: _read(conn, lambda: workers.records_since(conn, merchant, version))
+        )

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 from ..errors import StoreError, StoreSchemaError
 
-__all__ = ["APPLICATION", "STEPS", "VERSION", "identify", "migrate"]
+__all__ = ["APPLICATION", "STEPS", "VERSION", "identify", "migrate", "use_wal"]
 
 APPLICATION = "qrispay"
 
@@ -76,7 +77,21 @@ _V2 = (
     "CREATE INDEX payouts_by_state ON payouts (scope, state, created_us)",
 )
 
-STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+_V3 = (
+    # Several workers on one file: the poll lease, and what a worker that does
+    # not poll needs to claim a total and to read what others wrote. A record
+    # written before v3 holds its total until it is written again: safe, and
+    # the next poller rewrites every record once (qrispay/_keeper.py).
+    "CREATE TABLE leases (merchant TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+    "epoch INTEGER NOT NULL, expires_us INTEGER NOT NULL)",
+    f"ALTER TABLE invoices ADD COLUMN holds_until_us INTEGER NOT NULL DEFAULT {2**62}",
+    "ALTER TABLE invoices ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE merchants ADD COLUMN records_version INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX invoices_by_total ON invoices (merchant, total, holds_until_us)",
+    "CREATE INDEX invoices_by_version ON invoices (merchant, version)",
+)
+
+STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 VERSION = len(STEPS)
 
 
@@ -128,3 +143,28 @@ def migrate(conn: sqlite3.Connection, target: int = VERSION) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch the file to WAL, waiting up to ``timeout`` seconds for other openers.
+
+    The switch needs the file to itself, and SQLite answers "database is
+    locked" at once instead of calling the busy handler when another process
+    is opening the same new file, so the wait is ours. Once a file is in WAL
+    it stays so, and later openers only read the mode.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            # Where WAL is impossible (":memory:") SQLite keeps its own journal,
+            # which is slower with several processes but as safe.
+            if mode in ("wal", "memory"):
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)

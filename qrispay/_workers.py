@@ -1,0 +1,197 @@
+"""The Reconciler's loop on a store, where several workers may share a merchant
+(docs/design.md, "Several workers").
+
+One worker holds the merchant's lease and polls; the others follow: every
+second they take what was committed (invoices others made, events) and try
+the lease, which a crashed poller stops renewing. A poller renews it at each
+poll and at least every ``lease_ttl / 3``; a poller whose lease is gone, or
+whose commit the store refused, goes back to what the store holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._keeper import Keeper
+from .errors import InvoiceStateConflictError, LeaseLostError
+from .events import Event
+from .polling import Schedule
+
+if TYPE_CHECKING:
+    from .engine import ReconciliationEngine
+
+__all__ = ["FOLLOW_INTERVAL", "StoreLoop"]
+
+logger = logging.getLogger("qrispay.reconciler")
+
+#: Seconds between two looks at the store by a worker that does not poll (and
+#: by the poller while it waits): how soon others' events and a lapsed lease show.
+FOLLOW_INTERVAL = 1.0
+
+
+class StoreLoop:
+    """The store half of ``Reconciler`` (a mixin: it uses the Reconciler's parts)."""
+
+    _keeper: Keeper | None
+    _engine: ReconciliationEngine | None
+    _schedule: Schedule
+    lease_ttl: float
+    _wake: anyio.Event
+
+    if TYPE_CHECKING:
+
+        @property
+        def engine(self) -> ReconciliationEngine: ...
+        def _now(self) -> datetime: ...
+        def _publish(self, events: list[tuple[int, Event]]) -> None: ...
+        async def _poll(self, *, first: bool = False) -> Exception | None: ...
+        def _count_commit_failure(self, error: Exception) -> None: ...
+
+    def _kept(self) -> Keeper:
+        assert self._keeper is not None
+        return self._keeper
+
+    async def _run_on_store(self, task_status: TaskStatus[None]) -> Exception | None:
+        """Follow until the lease is ours, then poll; started once following or
+        after the first poll, whichever comes first."""
+        keeper = self._kept()
+        started = False
+        while True:
+            if not keeper.polling:
+                if await self._try_lease():
+                    await self._take_over()
+                    await _sleep_until(self._schedule.next_start(busy=True))
+                else:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await self._pause(FOLLOW_INTERVAL)
+                    continue
+            fatal = await self._poll(first=not started)
+            if fatal is not None:
+                return fatal
+            if not started:
+                task_status.started()
+                started = True
+            await self._wait_polling()
+
+    async def _try_lease(self) -> bool:
+        """A follower's round: store its own changes, take what others wrote, try
+        the lease. Its changes go first, so a new holder starts from them."""
+        keeper = self._kept()
+        try:
+            await keeper.commit(self.engine, [], self._publish)
+            await keeper.catch_up(self.engine, self._publish)
+            return await keeper.claim_lease()
+        except Exception as error:
+            logger.warning("could not reach the store: %s", error)
+            return False
+
+    async def _take_over(self) -> None:
+        keeper = self._kept()
+        self._engine = await keeper.reload()
+        keeper.resume(self._schedule, self._now())
+        logger.info("worker %s now polls merchant %s", keeper.holder, keeper.merchant)
+
+    async def _wait_polling(self) -> None:
+        """Until the next poll is due, renewing the lease and taking what others
+        wrote about once a second."""
+        keeper = self._kept()
+        renewed = anyio.current_time()
+        while True:
+            busy = self.engine.has_work(now=self._now())
+            left = self._schedule.next_start(busy=busy) - anyio.current_time()
+            if left <= 0:
+                return
+            await self._pause(min(left, FOLLOW_INTERVAL))
+            try:
+                await keeper.catch_up(self.engine, self._publish)
+                if anyio.current_time() - renewed >= self.lease_ttl / 3:
+                    renewed = anyio.current_time()
+                    if not await keeper.claim_lease():
+                        await self._lease_lost()
+                        return
+            except Exception as error:
+                logger.warning("could not reach the store: %s", error)
+
+    async def _pause(self, seconds: float) -> None:
+        self._wake = anyio.Event()
+        with anyio.move_on_after(seconds if math.isfinite(seconds) else None):
+            await self._wake.wait()
+
+    async def _before_poll(self) -> bool:
+        """A poller's checks before it fetches: the lease is still its own, the
+        last commit is stored, the invoices others made are known. False: do
+        not fetch now."""
+        keeper = self._kept()
+        try:
+            if not await keeper.claim_lease():
+                await self._lease_lost()
+                return False
+            if keeper.behind:
+                # No new rows until the old ones are stored: a crash loses one poll.
+                await self._commit_poll([])
+                if keeper.behind:
+                    self._schedule.failed()
+                    return False
+            await keeper.catch_up(self.engine, self._publish)
+        except Exception as error:
+            logger.warning("could not reach the store; not fetching: %s", error)
+            self._schedule.failed()
+            return False
+        return True
+
+    async def _commit_poll(self, events: list[Event]) -> None:
+        """Commit what a poll found. Refused (the lease is gone, or another worker
+        closed an invoice first): back to what the store holds, so the rows are
+        judged again by whoever polls next. Failed otherwise: kept for the next."""
+        keeper = self._kept()
+        try:
+            await keeper.commit(self.engine, events, self._publish)
+        except LeaseLostError:
+            await self._lease_lost()
+        except InvoiceStateConflictError as error:
+            logger.warning("another worker closed an invoice first; judging again: %s", error)
+            await self._reload(keeper.reload)
+        except Exception as error:
+            self._count_commit_failure(error)
+
+    async def _lease_lost(self) -> None:
+        keeper = self._kept()
+        logger.warning(
+            "worker %s lost the poll lease of merchant %s; following",
+            keeper.holder,
+            keeper.merchant,
+        )
+        keeper.lost()
+        await self._reload(keeper.reload)
+
+    async def _reload(self, reload: Callable[[], Awaitable[ReconciliationEngine]]) -> None:
+        try:
+            self._engine = await reload()
+        except Exception as error:
+            logger.error("could not read the store back: %s", error)
+
+    async def _release(self) -> None:
+        keeper = self._keeper
+        if keeper is None or not keeper.polling:
+            return
+        # Shielded: a clean stop hands the lease on at once, not after lease_ttl.
+        with anyio.CancelScope(shield=True):
+            try:
+                await keeper.release_lease()
+            except Exception as error:
+                logger.warning("could not release the poll lease: %s", error)
+
+
+async def _sleep_until(deadline: float) -> None:
+    left = deadline - anyio.current_time()
+    if left > 0:
+        await anyio.sleep(left)
