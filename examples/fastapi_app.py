@@ -24,11 +24,13 @@ What the service knows lives in a SQLite file (``QRISPAY_DB``, default
 payment of the downtime gets its verdict, once. A durable consumer handles
 every event: a paid invoice is delivered, and every payment that needs a
 refund or a look (duplicate, late, unmatched, ambiguous, a balance gap,
-unreadable rows) is logged and listed at ``GET /attention``. It remembers the
-id of the last event it handled in ``<db>.cursor`` and resumes after it.
+unreadable rows) is logged and listed at ``GET /attention``. What it handled
+is kept in the shop's own database (``<db stem>-shop.db``), keyed by event id.
 
-Run ONE worker process per database: several Reconcilers on one store do not
-yet share the feed between them (each would poll and judge alone).
+Several worker processes may share the database (``uvicorn --workers 4``, or
+several uvicorn processes): one of them polls the feed, every one of them
+creates invoices and answers for every invoice, and each event takes effect
+once. ``QRISPAY_FEED_TTL`` sets the feed's cache window in seconds (default 30).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -75,7 +78,6 @@ from qrispay import (
 from qrispay.mutations import DEFAULT_FEED_URL
 
 __all__ = [
-    "Cursor",
     "Verdicts",
     "app",
     "consume",
@@ -84,6 +86,7 @@ __all__ = [
     "db_from_env",
     "feed_from_env",
     "gateway_from_env",
+    "policy_from_env",
 ]
 
 logger = logging.getLogger("qrispay.examples.fastapi_app")
@@ -120,6 +123,13 @@ def feed_from_env() -> MutationClient:
     return MutationClient(auth, merchant, token, base_url=feed_url)
 
 
+def policy_from_env() -> PollPolicy:
+    """The poll policy for the feed's cache window ``QRISPAY_FEED_TTL`` (seconds,
+    default 30: the real feed's)."""
+    ttl = float(os.environ.get("QRISPAY_FEED_TTL") or 30.0)
+    return PollPolicy(ttl=ttl, margin=min(0.5, ttl / 4))
+
+
 def db_from_env() -> pathlib.Path:
     """``QRISPAY_DB``, or ``./qrispay.db``."""
     return pathlib.Path(os.environ.get("QRISPAY_DB") or "qrispay.db")
@@ -139,62 +149,89 @@ NEEDS_A_PERSON = (
 )
 
 
-class Cursor:
-    """The id of the last event handled, kept in a file, replaced atomically so
-    that a crash leaves the old id or the new one, never half of one."""
+class Verdicts:
+    """What the service does with each event, in the shop's own database (a
+    SQLite file beside the store; a real shop uses its orders database).
+
+    Delivery is at least once, and with several workers every worker sees
+    every event: the effect (deliver, or put on the attention list) and the
+    id of the event are written in one transaction, keyed by the event's id,
+    so each event takes effect once, whichever worker handles it first, and a
+    crash between handling and remembering cannot do it twice."""
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
+        self._lock = anyio.Lock()
+        with self._connect() as conn:
+            conn.executescript(
+                """CREATE TABLE IF NOT EXISTS handled (
+                    event_id TEXT PRIMARY KEY, type TEXT NOT NULL, invoice_id TEXT,
+                    needs_person INTEGER NOT NULL, handled_at TEXT NOT NULL
+                        DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));"""
+            )
 
-    def read(self) -> str:
-        """The last id handled, or "" for none yet (``events(after="")`` then
-        gives every stored event)."""
-        try:
-            return self.path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return ""
+    def _connect(self) -> sqlite3.Connection:
+        # Several worker processes share the file: wait for each other's writes.
+        return sqlite3.connect(self.path, timeout=30)
 
-    def write(self, event_id: str) -> None:
-        temporary = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(event_id)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self.path)
+    def last(self) -> str:
+        """The id of the last event handled, or "" for none yet (``events(after="")``
+        then gives every stored event). Any worker's last is a safe place to
+        resume: each worker handles every event in commit order."""
+        with closing(self._connect()) as conn:
+            row = conn.execute("SELECT event_id FROM handled ORDER BY rowid DESC LIMIT 1")
+            found = row.fetchone()
+        return "" if found is None else str(found[0])
 
+    def _handle(self, event: Event) -> bool:
+        invoice_id = event.invoice.invoice_id if isinstance(event, InvoicePaid) else None
+        needs_person = isinstance(event, NEEDS_A_PERSON)
+        with closing(self._connect()) as conn, conn:
+            done = conn.execute(
+                "INSERT OR IGNORE INTO handled (event_id, type, invoice_id, needs_person)"
+                " VALUES (?, ?, ?, ?)",
+                (event.id, event.kind, invoice_id, int(needs_person)),
+            )
+            # Here a real shop marks the order paid, in this same transaction.
+            return done.rowcount == 1
 
-class Verdicts:
-    """What the service does with each event. Delivery is at least once (an
-    event handled just before a crash comes again), so each action is keyed by
-    the event's id and done once. A real service writes them, and the cursor,
-    to its own database in one transaction."""
-
-    def __init__(self) -> None:
-        self.delivered: dict[str, str] = {}  # event id -> invoice id
-        self.attention: dict[str, dict[str, Any]] = {}  # event id -> what happened
-
-    def handle(self, event: Event) -> None:
+    async def handle(self, event: Event) -> None:
+        async with self._lock:
+            first = await anyio.to_thread.run_sync(self._handle, event)
+        if not first:
+            return  # handled before, here or in another worker
         if isinstance(event, InvoicePaid):
-            if event.id not in self.delivered:
-                self.delivered[event.id] = event.invoice.invoice_id
-                logger.info("deliver the order of invoice %s", event.invoice.invoice_id)
+            logger.info("deliver the order of invoice %s", event.invoice.invoice_id)
         elif isinstance(event, NEEDS_A_PERSON):
-            if event.id not in self.attention:
-                self.attention[event.id] = {"id": event.id, "type": event.kind}
-                logger.warning("needs a person: %s (%s)", event.kind, event.id)
+            logger.warning("needs a person: %s (%s)", event.kind, event.id)
         else:
             logger.info("%s (%s)", event.kind, event.id)
 
+    @property
+    def delivered(self) -> dict[str, str]:
+        """Event id -> invoice id of every paid invoice delivered, oldest first."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT event_id, invoice_id FROM handled WHERE invoice_id IS NOT NULL"
+                " ORDER BY rowid"
+            ).fetchall()
+        return {str(event_id): str(invoice_id) for event_id, invoice_id in rows}
 
-async def consume(
-    subscription: EventSubscription | ReplaySubscription, verdicts: Verdicts, cursor: Cursor
-) -> None:
-    """Handle each event, then remember its id: a crash between the two only
-    hands the same event over again, which ``Verdicts`` ignores."""
+    @property
+    def attention(self) -> list[dict[str, Any]]:
+        """The payments a person must look at, oldest first."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT event_id, type FROM handled WHERE needs_person = 1 ORDER BY rowid"
+            ).fetchall()
+        return [{"id": event_id, "type": kind} for event_id, kind in rows]
+
+
+async def consume(subscription: EventSubscription | ReplaySubscription, verdicts: Verdicts) -> None:
+    """Handle each event; the handling remembers it (``Verdicts``)."""
     async with subscription as events:
         async for event in events:
-            verdicts.handle(event)
-            await anyio.to_thread.run_sync(cursor.write, event.id)
+            await verdicts.handle(event)
 
 
 # -- the HTTP interface -----------------------------------------------------------
@@ -279,6 +316,9 @@ async def create_invoice(body: CreateInvoice, rec: ReconcilerDep) -> InvoiceOut:
 async def get_invoice(invoice_id: InvoiceId, rec: ReconcilerDep) -> InvoiceOut:
     # The engine's view, not a gateway call: it is what the Reconciler has
     # confirmed, and reading it costs no request against anyone's quota.
+    if rec.engine.get(invoice_id) is None:
+        # Another worker may have made it within the last second.
+        await rec.refresh()
     invoice = rec.engine.get(invoice_id)
     status = rec.engine.state_of(invoice_id)
     if invoice is None or status is None:
@@ -311,7 +351,7 @@ async def wait_for_invoice(
 async def attention(request: Request) -> list[dict[str, Any]]:
     """The payments a person must look at (refunds, wrong amounts), oldest first."""
     verdicts: Verdicts = request.app.state.verdicts
-    return list(verdicts.attention.values())
+    return await anyio.to_thread.run_sync(lambda: verdicts.attention)
 
 
 # -- the application --------------------------------------------------------------
@@ -321,7 +361,7 @@ def create_app(
     *,
     gateway_factory: GatewayFactory = gateway_from_env,
     feed_factory: FeedFactory = feed_from_env,
-    policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen, shared safely
+    policy: PollPolicy | None = None,
     clock: Callable[[], datetime] | None = None,
     db: pathlib.Path | str | None = None,
 ) -> FastAPI:
@@ -332,8 +372,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         path = pathlib.Path(db) if db is not None else db_from_env()
-        cursor = Cursor(path.with_name(path.name + ".cursor"))
-        app.state.verdicts = verdicts = Verdicts()
+        app.state.verdicts = verdicts = Verdicts(path.with_name(path.stem + "-shop.db"))
         # The Reconciler's task group lives exactly as long as the app: it is
         # entered and left in the lifespan task, as anyio requires. Start-up
         # reads the store and waits for the first feed poll, so wrong
@@ -343,13 +382,19 @@ def create_app(
             feed_factory() as feed,
             SQLiteStore(path) as store,
         ):
-            reconciler = Reconciler(feed, gateway=gateway, policy=policy, clock=clock, store=store)
+            reconciler = Reconciler(
+                feed,
+                gateway=gateway,
+                policy=policy or policy_from_env(),
+                clock=clock,
+                store=store,
+            )
             # Subscribed before the loop starts: the first poll's events (the
             # downtime's payments) wait in it for the consumer.
-            subscription = reconciler.events(after=cursor.read())
+            subscription = reconciler.events(after=verdicts.last())
             try:
                 async with reconciler, anyio.create_task_group() as tasks:
-                    tasks.start_soon(consume, subscription, verdicts, cursor)
+                    tasks.start_soon(consume, subscription, verdicts)
                     app.state.gateway = gateway
                     app.state.feed = feed
                     app.state.reconciler = reconciler
@@ -383,6 +428,7 @@ def create_sandbox_app(*, ttl: float = 2.0) -> FastAPI:
 
     @app.post("/sandbox/pay/{invoice_id}", status_code=204)
     async def pay(invoice_id: InvoiceId, rec: ReconcilerDep) -> None:
+        await rec.refresh()
         invoice = rec.engine.get(invoice_id)
         if invoice is None:
             raise HTTPException(404, "no such invoice")
