@@ -162,7 +162,7 @@ class Verdicts:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
         self._lock = anyio.Lock()
-        with self._connect() as conn:
+        with closing(self._connect()) as conn:
             conn.executescript(
                 """CREATE TABLE IF NOT EXISTS handled (
                     event_id TEXT PRIMARY KEY, type TEXT NOT NULL, invoice_id TEXT,

@@ -113,6 +113,7 @@ def changes(
     committed_at: datetime,
     poller: Mapping[str, Any] | None,
     fence: tuple[str, int] | None = None,
+    lease_until: datetime | None = None,
     if_open: frozenset[str] = frozenset(),
 ) -> Changes:
     """The ``Changes`` that bring a store from before ``journal`` to now.
@@ -137,6 +138,7 @@ def changes(
         ],
         committed_at=committed_at,
         fence=fence,
+        lease_until=None if lease_until is None else micros(lease_until),
         if_open=if_open,
     )
 

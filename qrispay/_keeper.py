@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
+import attrs
 
 from . import _durable
 from ._codec import dump_time, load_record
@@ -142,6 +143,15 @@ class Keeper:
         )
         return self.lease is not None
 
+    def lease_fresh(self) -> bool:
+        """Held, with more than half of ``lease_ttl`` left by this worker's clock:
+        nobody else can have taken it (a lease is taken only once lapsed)."""
+        lease = self.lease
+        if lease is None:
+            return False
+        left = (lease.expires_at - self._clock()).total_seconds()
+        return left > self.lease_ttl / 2
+
     async def release_lease(self) -> None:
         lease, self.lease = self.lease, None
         if lease is not None:
@@ -215,7 +225,11 @@ class Keeper:
         journal: Journal | None = None,
     ) -> None:
         journal = journal if journal is not None else _durable.take(engine)
-        fence = None if self.lease is None else (self.lease.holder, self.lease.epoch)
+        lease = self.lease
+        fence = None if lease is None else (lease.holder, lease.epoch)
+        now = self._clock()
+        # A poller's commit renews its lease in the same transaction.
+        until = None if lease is None else now + timedelta(seconds=self.lease_ttl)
         # A close is written only over an invoice still open in the store: another
         # worker's close that came first wins, and this one is judged again.
         if_open = frozenset(journal.closed & journal.records)
@@ -223,12 +237,15 @@ class Keeper:
             engine,
             journal,
             events,
-            committed_at=self._clock(),
+            committed_at=now,
             poller=poller,
             fence=fence,
+            lease_until=until,
             if_open=if_open,
         )
         await self.store.commit(self.merchant, changes)
+        if until is not None and self.lease is lease and lease is not None:
+            self.lease = attrs.evolve(lease, expires_at=max(until, lease.expires_at))
 
     async def _publish_stored(self, publish: Publish) -> None:
         while True:

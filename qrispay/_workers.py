@@ -132,7 +132,9 @@ class StoreLoop:
         not fetch now."""
         keeper = self._kept()
         try:
-            if not await keeper.claim_lease():
+            # Each poll's commit renews the lease; a store round trip only when
+            # that has not happened for a while (commits failing, a long idle).
+            if not keeper.lease_fresh() and not await keeper.claim_lease():
                 await self._lease_lost()
                 return False
             if keeper.behind:
@@ -141,9 +143,20 @@ class StoreLoop:
                 if keeper.behind:
                     self._schedule.failed()
                     return False
-            await keeper.catch_up(self.engine, self._publish)
         except Exception as error:
             logger.warning("could not reach the store; not fetching: %s", error)
+            self._schedule.failed()
+            return False
+        return True
+
+    async def _after_fetch(self) -> bool:
+        """Take the invoices other workers stored before judging what the fetch
+        found: an invoice is stored before its customer can pay it, so every
+        invoice a fetched row can pay is then known. False: do not judge now."""
+        try:
+            await self._kept().catch_up(self.engine, self._publish)
+        except Exception as error:
+            logger.warning("could not reach the store; the rows wait for the next poll: %s", error)
             self._schedule.failed()
             return False
         return True

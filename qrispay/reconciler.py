@@ -276,6 +276,9 @@ class Reconciler(StoreLoop):
             self._schedule.failed()
             self._failed(error)
         else:
+            if self._keeper is not None and not await self._after_fetch():
+                self._keeper.fetched(fetch_started, self._schedule)
+                return None
             await self._commit(self._ingest(batch, fetch_started), fetch_started)
             return None
         # Even a failed fetch counts against the cache window (and sets a backoff).

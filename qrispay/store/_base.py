@@ -109,7 +109,9 @@ class Changes:
     skipped, so a fact committed once is never stored or published twice.
 
     ``fence`` ``(holder, epoch)``: the commit is refused with ``LeaseLostError``,
-    nothing written, unless that is the merchant's lease now. ``if_open``: ids of
+    nothing written, unless that is the merchant's lease now; ``lease_until``
+    (UTC microseconds, with ``fence``) then renews that lease to at least that
+    time in the same transaction, so a poll costs one transaction. ``if_open``: ids of
     ``records`` written only if the stored invoice is still open, else the
     commit is refused with ``InvoiceStateConflictError`` (a close decided by a
     worker that does not poll must not undo one the poller committed).
@@ -124,6 +126,7 @@ class Changes:
     events: list[tuple[str, str, str]] = attrs.field(factory=list)
     committed_at: datetime = attrs.field(factory=lambda: datetime.now(timezone.utc))
     fence: tuple[str, int] | None = None
+    lease_until: int | None = None
     if_open: frozenset[str] = frozenset()
 
 

@@ -103,12 +103,17 @@ class MemoryStore(Store):
         meta_text, datas = prepare(changes)
         async with self._lock:
             state = self._merchants.get(merchant)
+            renewed: Lease | None = None
             if changes.fence is not None:
                 lease = None if state is None else state.lease
                 if lease is None or (lease.holder, lease.epoch) != changes.fence:
                     raise LeaseLostError(
                         f"the poll lease of merchant {merchant!r} is no longer this worker's"
                     )
+                renewed = lease
+                if changes.lease_until is not None:
+                    until = from_micros(changes.lease_until)
+                    renewed = attrs.evolve(lease, expires_at=max(until, lease.expires_at))
             for invoice_id in changes.if_open:
                 row = None if state is None else state.records.get(invoice_id)
                 if row is not None and row[1] != "open":
@@ -117,6 +122,8 @@ class MemoryStore(Store):
                     )
             if state is None:
                 state = self._merchants[merchant] = _Merchant()
+            if renewed is not None:
+                state.lease = renewed
             # A JSON round trip: the store keeps data, never the caller's objects.
             if meta_text is not None:
                 state.meta = json.loads(meta_text)

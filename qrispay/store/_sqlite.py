@@ -235,7 +235,7 @@ class SQLiteStore(Store):
         datas: list[Any],
     ) -> list[StoredEvent]:
         if changes.fence is not None:
-            workers.check_fence(conn, merchant, changes.fence)
+            workers.check_fence(conn, merchant, changes.fence, changes.lease_until)
         if changes.if_open:
             workers.check_open(conn, merchant, changes.if_open)
         # Each step touches only what changed: no statement reads or rewrites a

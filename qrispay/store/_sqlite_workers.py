@@ -67,12 +67,20 @@ def release_lease(conn: sqlite3.Connection, merchant: str, holder: str, epoch: i
     )
 
 
-def check_fence(conn: sqlite3.Connection, merchant: str, fence: tuple[str, int]) -> None:
+def check_fence(
+    conn: sqlite3.Connection, merchant: str, fence: tuple[str, int], until_us: int | None
+) -> None:
     row = conn.execute(
         "SELECT holder, epoch FROM leases WHERE merchant = ?", (merchant,)
     ).fetchone()
     if row is None or (row[0], row[1]) != fence:
         raise LeaseLostError(f"the poll lease of merchant {merchant!r} is no longer this worker's")
+    if until_us is not None:
+        # The poll's renewal rides in its commit: a rollback undoes both.
+        conn.execute(
+            "UPDATE leases SET expires_us = MAX(expires_us, ?) WHERE merchant = ?",
+            (until_us, merchant),
+        )
 
 
 def check_open(conn: sqlite3.Connection, merchant: str, invoice_ids: frozenset[str]) -> None:
