@@ -158,7 +158,12 @@ class Reconciler(StoreLoop):
     def is_polling(self) -> bool:
         """True while this Reconciler polls the feed: its loop runs and, with a
         store, it holds the merchant's poll lease."""
-        return self._running and (self._keeper is None or self._keeper.polling)
+        if not self._running:
+            return False
+        lease = None if self._keeper is None else self._keeper.lease
+        # A lease past its expiry is not held, even by a poller too paused to have
+        # noticed yet: another worker may hold it already.
+        return self._keeper is None or (lease is not None and lease.expires_at >= self._now())
 
     def _now(self) -> datetime:
         now = self._clock()

@@ -22,11 +22,13 @@ from qrispay import (
     InvoiceCancelled,
     InvoiceCancelledError,
     InvoicePaid,
+    LatePayment,
     LeaseLostError,
     MemoryStore,
     Mutation,
     MutationBatch,
     MutationType,
+    PollPolicy,
     Reconciler,
     TotalConflictError,
 )
@@ -431,31 +433,34 @@ async def test_a_poller_paused_past_its_lease_never_commits_or_publishes(
         )
     )
     team = Team(world, new_store, 2)
+    team.workers.insert(0, paused)  # started first: it polls
     store = new_store()
     with anyio.fail_after(3600):
         async with anyio.create_task_group() as tg:
-            await tg.start(paused._run)  # first: it polls
             await team.start(tg)
             assert paused.rec.is_polling
-            invoice = await team.recs[0].create_invoice(10_000)
+            invoice = await team.recs[1].create_invoice(10_000)
             feed.paused = True
             await feed.hanging.wait()
             world.sandbox.pay(invoice.total)
             # Paused past its lease: another worker takes over and reports the payment.
             await anyio.sleep(LEASE_TTL + INTERVAL + 2)
             (taker,) = [w for w in team.workers if w.rec.is_polling]
+            assert taker is not paused
             assert taker.paid_ids() == [invoice.invoice_id]
-            assert paused.rec.is_polling  # it does not know yet
+            # Its lease is gone, though it has not noticed: it does not say it polls.
+            assert not paused.rec.is_polling
             feed.resume.set()
             await anyio.sleep(FOLLOW_INTERVAL)
             assert not paused.rec.is_polling
             await anyio.sleep(2 * INTERVAL)
             assert team.pollers() == [taker.rec.worker_id]
             tg.cancel_scope.cancel()
+    assert max(len(pollers) for _, pollers in team.samples) == 1, "two said they poll"
     secret = f"unmatched:{feed.secret.key}"
     stored = [s.id for s in await store.events_after(world.feed.merchant, 0, 100)]
     assert secret not in stored
-    for worker in [paused, *team.workers]:
+    for worker in team.workers:
         assert secret not in worker.ids()
         assert worker.paid_ids() == [invoice.invoice_id]
 
@@ -685,3 +690,69 @@ async def test_a_total_another_worker_took_meanwhile_is_replaced_then_cancelled(
     }
     assert statuses == {10_001: "expired", created.total: "pending"}
     assert world.sandbox.stats.requests["create_invoice"] == 2
+
+
+async def test_a_cancel_committed_during_the_poll_that_saw_the_payment_stands(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    # The poller fetched a payment of an invoice that another worker cancelled
+    # while the fetch was in flight: its commit is refused, the rows are judged
+    # again against the cancelled invoice, and no worker ever reports it paid.
+    team = Team(world, new_store, 2, gateway=False, static_qris=_static_qris())
+    with anyio.fail_after(3600):
+        async with anyio.create_task_group() as tg:
+            await team.start(tg)
+            poller = team.poller()
+            (other,) = team.others(poller)
+            invoice = await other.rec.create_invoice(10_000)
+            await anyio.sleep(INTERVAL + 2)  # past a poll
+            row = world.sandbox.pay(invoice.total)
+            world.sandbox.faults.latency = 5.0
+            world.sandbox.faults.endpoints = frozenset({"check_payment"})
+            fetched = len(world.transport.feed)
+            await anyio.sleep(fetch_times(world)[-1] + INTERVAL + 1 - anyio.current_time())
+            assert world.transport.feed[fetched][1] == 0  # in flight, its answer made
+            world.sandbox.faults.latency = 0.0
+            events = await other.rec.cancel_invoice(invoice.invoice_id)
+            assert [type(e) for e in events] == [InvoiceCancelled]
+            cancelled = anyio.current_time()
+            await anyio.sleep(3 * INTERVAL)
+            for worker in team.workers:
+                with pytest.raises(InvoiceCancelledError):
+                    await worker.rec.wait_for_payment(invoice.invoice_id, timeout=1)
+            tg.cancel_scope.cancel()
+    for worker in team.workers:
+        assert worker.paid_ids() == []
+        assert worker.ids()[0] == f"cancelled:{invoice.invoice_id}"
+        verdicts = [(t, e) for t, e in worker.events if getattr(e, "mutation", None) == row]
+        assert [type(e) for _, e in verdicts] == [LatePayment]
+        # Judged again at the next poll: the late grace keeps the loop polling.
+        assert verdicts[0][0] - cancelled <= 2 * INTERVAL + FOLLOW_INTERVAL
+    assert team.workers[0].ids() == team.workers[1].ids()
+
+
+async def test_a_new_holder_keeps_polling_through_a_cancel_s_late_grace(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    # Without idle polling, only the late grace of the cancelled invoice keeps
+    # the feed polled. The cancel was committed by a worker that does not poll,
+    # just before the poller stopped: the next holder must still know of it.
+    policy = PollPolicy(idle_interval=None)
+    kw: dict[str, Any] = {"gateway": False, "static_qris": _static_qris(), "policy": policy}
+    team = Team(world, new_store, 2, **kw)
+    with anyio.fail_after(3600):
+        async with anyio.create_task_group() as tg:
+            await team.start(tg)
+            old = team.poller()
+            (new,) = team.others(old)
+            invoice = await new.rec.create_invoice(10_000)
+            await anyio.sleep(INTERVAL + 2)
+            await new.rec.cancel_invoice(invoice.invoice_id)
+            old.stop()
+            await anyio.sleep(INTERVAL)
+            world.sandbox.pay(invoice.total)  # the customer pays anyway, late
+            await anyio.sleep(3 * INTERVAL)
+            assert new.rec.is_polling
+            tg.cancel_scope.cancel()
+    late = [e for _, e in new.events if isinstance(e, LatePayment)]
+    assert [e.invoice.invoice_id for e in late] == [invoice.invoice_id]
