@@ -71,6 +71,9 @@ class StoreLoop:
                     # lease may outlast it, and a lease not renewed meanwhile lapses
                     # to a third worker while this one still counts as the poller.
                     await self._wait_polling(busy=True)
+                    # Lost meanwhile: follow again, rather than let the poll claim a
+                    # fresh lease without the take-over's reload and window.
+                    continue
                 else:
                     if not started:
                         task_status.started()

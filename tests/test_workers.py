@@ -10,6 +10,7 @@ SQLite each worker opens the file with its own store, as separate processes do.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from qrispay import (
     Event,
     InvoiceCancelled,
     InvoiceCancelledError,
+    InvoiceExpired,
+    InvoiceExpiredError,
     InvoicePaid,
     LatePayment,
     LeaseLostError,
@@ -342,6 +345,10 @@ async def test_a_crashed_poller_is_replaced_within_the_lease_and_a_window(
             await anyio.sleep(2 * INTERVAL)
             tg.cancel_scope.cancel()
     survivors = [w for w in team.workers if w is not old]
+    # The lease lapses lease_ttl after its last renewal at most; a follower takes
+    # it within about a second (samples are a quarter of a second apart).
+    taken = min(t for t, pollers in team.samples if t > crashed and pollers)
+    assert taken - crashed <= LEASE_TTL + FOLLOW_INTERVAL + 0.25 + EPS
     after = [t for t in fetch_times(world) if t > crashed]
     assert after
     assert after[0] - crashed <= LEASE_TTL + INTERVAL + FOLLOW_INTERVAL + EPS
@@ -756,3 +763,35 @@ async def test_a_new_holder_keeps_polling_through_a_cancel_s_late_grace(
             tg.cancel_scope.cancel()
     late = [e for _, e in new.events if isinstance(e, LatePayment)]
     assert [e.invoice.invoice_id for e in late] == [invoice.invoice_id]
+
+
+async def test_an_invoice_made_elsewhere_is_awaited_at_once_and_expires_in_all(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    # wait_for_payment in a worker that has not caught up reads the store first,
+    # rather than answering KeyError; the expiry is reported once in every worker.
+    ttl = timedelta(minutes=1)
+    kw: dict[str, Any] = {"gateway": False, "static_qris": _static_qris(), "invoice_ttl": ttl}
+    team = Team(world, new_store, 3, **kw)
+    outcomes: list[str] = []
+    with anyio.fail_after(3600):
+        async with anyio.create_task_group() as tg:
+            await team.start(tg)
+            invoice = await team.recs[2].create_invoice(10_000)
+
+            async def wait(rec: Reconciler) -> None:
+                with pytest.raises(InvoiceExpiredError):
+                    await rec.wait_for_payment(invoice.invoice_id)
+                outcomes.append(rec.worker_id)
+
+            async with anyio.create_task_group() as waiters:
+                for rec in team.recs:
+                    waiters.start_soon(wait, rec)
+            tg.cancel_scope.cancel()
+    assert sorted(outcomes) == ["w0", "w1", "w2"]
+    skew = team.recs[0].engine.skew
+    for worker in team.workers:
+        expired = [(t, e) for t, e in worker.events if isinstance(e, InvoiceExpired)]
+        assert [e.invoice.invoice_id for _, e in expired] == [invoice.invoice_id]
+        assert worker.ids() == [f"expired:{invoice.invoice_id}"]
+    assert world.clock() > invoice.expired_at + skew
