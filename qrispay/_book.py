@@ -164,6 +164,11 @@ class InvoiceBook:
             self.journal = had_journal
         self.adopt(record)
         self.seq = max(self.seq, record.seq)
+        self.keep_busy_for(record)
+
+    def keep_busy_for(self, record: Tracked) -> None:
+        """Poll through the late grace of ``record``'s close: a worker that does not
+        poll closes invoices (cancels) without writing ``busy_until``."""
         if record.closed_at is not None:
             busy_until = record.closed_at + self._late_grace
             if self.busy_until is None or busy_until > self.busy_until:

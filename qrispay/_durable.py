@@ -169,7 +169,13 @@ def _engine_from(state: MerchantState, data: Mapping[str, Any]) -> Reconciliatio
     engine._seen = _memory(state.seen)
     engine._rejected = _memory(state.rejected)
     for text in state.records:
-        book.adopt(load_record(json.loads(text)))
+        record = load_record(json.loads(text))
+        book.adopt(record)
+        # The stored busy_until is the last poller's; a close committed since by
+        # a worker that does not poll is only in its record. Without this, a new
+        # holder (or one reloaded after a refused commit) goes idle during that
+        # invoice's late grace, and a late payment waits for the idle poll.
+        book.keep_busy_for(record)
     chain_last = data["chain_last"]
     engine._chain.last = None if chain_last is None else load_row(chain_last)
     return engine

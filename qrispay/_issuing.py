@@ -37,16 +37,23 @@ async def create_at_gateway(
     *,
     clock: Callable[[], datetime],
     on_tracked: Callable[[], None],
+    made: list[Invoice] | None = None,
 ) -> Invoice:
     """A gateway invoice, tracked by ``engine`` (``on_tracked`` is called then).
 
     A taken total is replaced by a new invoice before the taken one is
     cancelled; after ``MAX_CREATIONS`` creations, ``TotalConflictError``.
+    ``made``: the caller's list of the invoices created so far for one
+    ``create_invoice`` call (each one created here is added), so that the
+    cap holds across the caller's own retries too.
     """
+    made = [] if made is None else made
     taken: list[Invoice] = []
+    last_conflict: TotalConflictError | None = None
     try:
-        for _ in range(MAX_CREATIONS):
+        while len(made) < MAX_CREATIONS:
             invoice = await gateway.create_invoice(amount)
+            made.append(invoice)
             _refuse_a_tracked_id(engine, invoice, amount)
             try:
                 engine.track(invoice, now=clock())
@@ -61,6 +68,8 @@ async def create_at_gateway(
                 continue
             on_tracked()
             return invoice
+        if last_conflict is None:
+            raise ValueError("create_at_gateway: no creation left in the budget")
         raise TotalConflictError(
             last_conflict.total,
             last_conflict.invoice_id,

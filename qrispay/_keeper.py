@@ -179,6 +179,12 @@ class Keeper:
             self._own.setdefault(event.id, event)
         async with self._lock:
             await self._claim(engine)
+            noted = engine._book.journal
+            if not self.polling and not self._pending and noted is not None and not noted:
+                # A follower with nothing to store (its round every second): no
+                # write transaction, which would queue behind the poller's.
+                await self._publish_stored(publish)
+                return
             journal = _durable.take(engine)
             pending, self._pending = self._pending, []
             try:

@@ -67,7 +67,13 @@ class StoreLoop:
             if not keeper.polling:
                 if await self._try_lease():
                     await self._take_over()
-                    await _sleep_until(self._schedule.next_start(busy=True))
+                    # Not a bare sleep: the window or backoff that travels with the
+                    # lease may outlast it, and a lease not renewed meanwhile lapses
+                    # to a third worker while this one still counts as the poller.
+                    await self._wait_polling(busy=True)
+                    # Lost meanwhile: follow again, rather than let the poll claim a
+                    # fresh lease without the take-over's reload and window.
+                    continue
                 else:
                     if not started:
                         task_status.started()
@@ -100,13 +106,14 @@ class StoreLoop:
         keeper.resume(self._schedule, self._now())
         logger.info("worker %s now polls merchant %s", keeper.holder, keeper.merchant)
 
-    async def _wait_polling(self) -> None:
-        """Until the next poll is due, renewing the lease and taking what others
-        wrote about once a second."""
+    async def _wait_polling(self, *, busy: bool = False) -> None:
+        """Until the next poll is due (``busy``: as if there were work), renewing
+        the lease and taking what others wrote about once a second."""
         keeper = self._kept()
         renewed = anyio.current_time()
+        force = busy
         while True:
-            busy = self.engine.has_work(now=self._now())
+            busy = force or self.engine.has_work(now=self._now())
             left = self._schedule.next_start(busy=busy) - anyio.current_time()
             if left <= 0:
                 return
@@ -202,9 +209,3 @@ class StoreLoop:
                 await keeper.release_lease()
             except Exception as error:
                 logger.warning("could not release the poll lease: %s", error)
-
-
-async def _sleep_until(deadline: float) -> None:
-    left = deadline - anyio.current_time()
-    if left > 0:
-        await anyio.sleep(left)

@@ -52,6 +52,8 @@ logger = logging.getLogger("qrispay.reconciler")
 
 #: How many gateway checks may be under way at once.
 GATEWAY_CHECKS_AT_ONCE = 8
+#: How many local totals one ``create_invoice`` may try in the store (codes 1..999).
+LOCAL_TRIES = 1000
 
 
 def _utc_now() -> datetime:
@@ -156,7 +158,12 @@ class Reconciler(StoreLoop):
     def is_polling(self) -> bool:
         """True while this Reconciler polls the feed: its loop runs and, with a
         store, it holds the merchant's poll lease."""
-        return self._running and (self._keeper is None or self._keeper.polling)
+        if not self._running:
+            return False
+        lease = None if self._keeper is None else self._keeper.lease
+        # A lease past its expiry is not held, even by a poller too paused to have
+        # noticed yet: another worker may hold it already.
+        return self._keeper is None or (lease is not None and lease.expires_at >= self._now())
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -434,33 +441,51 @@ class Reconciler(StoreLoop):
         """
         if self.gateway is None and self.static_qris is None:
             raise RuntimeError("create_invoice needs a gateway or a static_qris")
+        keeper = self._keeper
+        if keeper is None:
+            return await self._make_invoice(amount, [])
         conflict: TotalConflictError | None = None
-        for _ in range(MAX_CREATIONS if self._keeper is not None else 1):
-            if self._keeper is not None:
+        made: list[Invoice] = []
+        refused: list[Invoice] = []
+        # A local total refused by the store is one another worker holds now, and
+        # the next try learns it: workers creating at once in lockstep may refuse
+        # one worker many times, but never more often than there are codes (then
+        # unique_total raises AllocationError). Gateway creations stay capped.
+        tries = MAX_CREATIONS if self.gateway is not None else LOCAL_TRIES
+        try:
+            for _ in range(tries):
+                if self.gateway is not None and len(made) >= MAX_CREATIONS:
+                    break
                 # The totals other workers hold, so the one chosen is likely free.
-                await self._keeper.catch_up(self.engine, self._publish)
-            invoice = await self._make_invoice(amount)
-            try:
-                # With a store: returned only once it is committed (its total
-                # claimed in the store), so a crash cannot lose it.
-                await self.flush()
-            except TotalConflictError as error:
+                await keeper.catch_up(self.engine, self._publish)
+                invoice = await self._make_invoice(amount, made)
+                try:
+                    # Returned only once it is committed (its total claimed in
+                    # the store), so a crash cannot lose it.
+                    await self._commit([])
+                except BaseException:
+                    await self._forget_unstored(invoice)
+                    raise
+                if self.engine.state_of(invoice.invoice_id) is not None:
+                    # Any conflict left is a track()ed invoice's, for flush().
+                    return invoice
                 # Another worker took that total first: this invoice is not tracked.
-                conflict = error
-                if self.gateway is not None:
-                    await cancel_quietly(self.gateway, invoice)
-                continue
-            except BaseException:
-                await self._forget_unstored(invoice)
-                raise
-            return invoice
+                conflict = _take_conflict(keeper.conflicts, invoice.total)
+                refused.append(invoice)
+        finally:
+            if refused and self.gateway is not None:
+                # Only now, after the replacement, as for a total taken here: the
+                # gateway could otherwise hand the same total straight back.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_BUDGET):
+                    for invoice in refused:
+                        await cancel_quietly(self.gateway, invoice)
         assert conflict is not None
         raise conflict
 
-    async def _make_invoice(self, amount: int) -> Invoice:
+    async def _make_invoice(self, amount: int, made: list[Invoice]) -> Invoice:
         if self.gateway is not None:
             return await create_at_gateway(
-                self.gateway, self.engine, amount, clock=self._now, on_tracked=self._poke
+                self.gateway, self.engine, amount, clock=self._now, on_tracked=self._poke, made=made
             )
         assert self.static_qris is not None
         invoice = create_local(
@@ -532,3 +557,12 @@ class Reconciler(StoreLoop):
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
         return f"<Reconciler {state} feed={self.feed!r} gateway={self.gateway!r}>"
+
+
+def _take_conflict(conflicts: list[TotalConflictError], total: int) -> TotalConflictError:
+    """The conflict of a refused invoice, taken out of those ``flush()`` raises."""
+    for index, conflict in enumerate(conflicts):
+        if conflict.total == total:
+            return conflicts.pop(index)
+    # A flush() running beside this call took it first (and raised it there).
+    return TotalConflictError(total, "", f"total {total} is already held by another worker")
