@@ -25,11 +25,12 @@ from . import _durable
 from ._codec import dump_time, load_record
 from ._journal import Journal
 from ._replay import PAGE
+from ._state import State
 from .engine import ReconciliationEngine
 from .errors import TotalConflictError
 from .events import Event
 from .polling import Schedule
-from .store._base import Lease, Store
+from .store._base import Lease, SeededMeanwhile, Store
 
 __all__ = ["Keeper"]
 
@@ -91,10 +92,15 @@ class Keeper:
             everything = _durable.everything(engine)
             everything.new = set(everything.records)
             _durable.attach(engine)
-            async with self._lock:
-                self._give(engine, everything)
-                await self._claim(engine)
-                await self._write(engine, [], poller=self.poller)
+            try:
+                async with self._lock:
+                    self._give(engine, everything)
+                    await self._claim(engine)
+                    await self._write(engine, [], poller=self.poller, first=True)
+            except SeededMeanwhile:
+                # Another worker started first and may have polled since: its
+                # state stands (the seed's invoices were claimed into it).
+                return await self.load(None, make)
         else:
             engine = self._engine_from(state)
             self.last_seq = max(self.last_seq, state.last_seq)
@@ -229,6 +235,7 @@ class Keeper:
         *,
         poller: dict[str, Any] | None,
         journal: Journal | None = None,
+        first: bool = False,
     ) -> None:
         journal = journal if journal is not None else _durable.take(engine)
         lease = self.lease
@@ -236,9 +243,16 @@ class Keeper:
         now = self._clock()
         # A poller's commit renews its lease in the same transaction.
         until = None if lease is None else now + timedelta(seconds=self.lease_ttl)
-        # A close is written only over an invoice still open in the store: another
-        # worker's close that came first wins, and this one is judged again.
-        if_open = frozenset(journal.closed & journal.records)
+        # A close, or an open invoice's update, is written only over an invoice still
+        # open in the store: a close is final, so another worker's close that came
+        # first wins (never reopened by a stale copy), and this poll is judged again.
+        records = engine._book.records
+        if_open = frozenset(
+            invoice_id
+            for invoice_id in journal.records
+            if invoice_id in journal.closed
+            or (invoice_id in records and records[invoice_id].state is State.OPEN)
+        )
         changes = _durable.changes(
             engine,
             journal,
@@ -249,6 +263,8 @@ class Keeper:
             lease_until=until,
             if_open=if_open,
         )
+        if first:
+            changes = attrs.evolve(changes, first=True)
         await self.store.commit(self.merchant, changes)
         if until is not None and self.lease is lease and lease is not None:
             self.lease = attrs.evolve(lease, expires_at=max(until, lease.expires_at))

@@ -257,3 +257,90 @@ async def test_records_since_gives_what_was_written_after_a_version(store: Store
     # Version 0 gives them all.
     records, _ = await store.records_since("m", 0)
     assert len(records) == 1
+
+
+# -- the Keeper over the contract ---------------------------------------------------------
+
+
+async def test_a_stale_open_copy_never_reopens_an_invoice_another_worker_closed(
+    store: Store,
+) -> None:
+    from qrispay._keeper import Keeper
+    from qrispay.engine import ReconciliationEngine
+    from qrispay.models import Invoice, InvoiceStatus
+
+    def keeper(holder: str) -> Keeper:
+        return Keeper(store, "m", lambda: at(10), holder=holder, lease_ttl=TTL)
+
+    def publish(events: object) -> None:
+        pass
+
+    invoice = Invoice(
+        invoice_id="x",
+        amount=10_000,
+        fee=0,
+        total=10_001,
+        status=InvoiceStatus.PENDING,
+        qris_image="",
+        created_at=at(0),
+        expired_at=at(3_600),
+    )
+    poller, other = keeper("a"), keeper("b")
+    engine = await poller.load(None, lambda: ReconciliationEngine(started_at=at(0)))
+    engine.track(invoice, now=at(1))
+    await poller.commit(engine, [], publish)
+    assert await poller.claim_lease()
+    # Another worker cancels it; the poller's copy is still open, and changes.
+    other_engine = await other.load(None, lambda: ReconciliationEngine(started_at=at(0)))
+    await other.catch_up(other_engine, publish)
+    events = other_engine.cancel("x", now=at(5))
+    await other.commit(other_engine, events, publish)
+    journal = engine._book.journal
+    assert journal is not None
+    journal.records.add("x")  # as a waiting late row or a gateway report would
+    with pytest.raises(InvoiceStateConflictError):
+        await poller.commit(engine, [], publish)
+    state = await store.load("m")
+    assert state is not None
+    assert [json.loads(text)["invoice"]["status"] for text in state.records] == ["expired"]
+
+
+async def test_a_first_state_is_written_only_once(store: Store) -> None:
+    from qrispay.store._base import SeededMeanwhile
+
+    # A lease claimed before any state does not count as a state.
+    assert await store.claim_lease("m", "a", None, now=at(0), ttl=TTL) is not None
+    await store.commit("m", Changes(meta={"by": "a"}, first=True))
+    with pytest.raises(SeededMeanwhile):
+        await store.commit(
+            "m", Changes(meta={"by": "b"}, records=[rec("i", 10_001)], seen=[("k", 1)], first=True)
+        )
+    state = await store.load("m")
+    assert state is not None
+    assert state.meta == {"by": "a"}
+    assert state.records == []
+    assert state.seen == []
+
+
+async def test_two_workers_starting_on_a_new_store_share_the_first_state(store: Store) -> None:
+    from qrispay._keeper import Keeper
+    from qrispay.engine import ReconciliationEngine
+
+    starts = iter([at(0), at(50)])
+
+    def make() -> ReconciliationEngine:
+        return ReconciliationEngine(started_at=next(starts))
+
+    keepers = [Keeper(store, "m", lambda: at(60), holder=h, lease_ttl=TTL) for h in "ab"]
+    engines: list[ReconciliationEngine] = []
+
+    async def start(keeper: Keeper) -> None:
+        engines.append(await keeper.load(None, make))
+
+    async with anyio.create_task_group() as tg:
+        for keeper in keepers:
+            tg.start_soon(start, keeper)
+    # Whichever wrote first, both run on its state: one started_at, not two.
+    state = await store.load("m")
+    assert state is not None
+    assert engines[0].started_at == engines[1].started_at

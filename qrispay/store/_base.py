@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from .._codec import load_event
+from ..errors import StoreError
 from ..events import Event
 
 __all__ = [
@@ -115,6 +116,10 @@ class Changes:
     ``records`` written only if the stored invoice is still open, else the
     commit is refused with ``InvoiceStateConflictError`` (a close decided by a
     worker that does not poll must not undo one the poller committed).
+    ``first``: the merchant's first state, written only if the store holds no
+    meta for it yet, else refused with ``SeededMeanwhile`` (two workers
+    starting at once on a new store: the later one must not overwrite what the
+    first one's polls committed).
     """
 
     meta: dict[str, Any] | None
@@ -128,6 +133,12 @@ class Changes:
     fence: tuple[str, int] | None = None
     lease_until: int | None = None
     if_open: frozenset[str] = frozenset()
+    first: bool = False
+
+
+class SeededMeanwhile(StoreError):
+    """A ``first`` commit found that another worker stored the merchant's first
+    state meanwhile: nothing was written; read the store instead."""
 
 
 def prepare(changes: Changes) -> tuple[str | None, list[Any]]:

@@ -25,6 +25,7 @@ from ._base import (
     Lease,
     MerchantState,
     PayoutEntry,
+    SeededMeanwhile,
     Store,
     StoredEvent,
     from_micros,
@@ -120,6 +121,8 @@ class MemoryStore(Store):
                     raise InvoiceStateConflictError(
                         f"invoice {invoice_id!r} was closed by another worker first"
                     )
+            if changes.first and state is not None and state.meta:
+                raise SeededMeanwhile(f"merchant {merchant!r} was stored meanwhile")
             if state is None:
                 state = self._merchants[merchant] = _Merchant()
             if renewed is not None:

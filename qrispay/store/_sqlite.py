@@ -33,6 +33,7 @@ from ._base import (
     Lease,
     MerchantState,
     PayoutEntry,
+    SeededMeanwhile,
     Store,
     StoredEvent,
     from_micros,
@@ -240,6 +241,12 @@ class SQLiteStore(Store):
             workers.check_open(conn, merchant, changes.if_open)
         # Each step touches only what changed: no statement reads or rewrites a
         # merchant's whole state, so a commit costs what it commits.
+        if changes.first:
+            found = conn.execute(
+                "SELECT meta FROM merchants WHERE merchant = ?", (merchant,)
+            ).fetchone()
+            if found is not None and json.loads(found[0]):
+                raise SeededMeanwhile(f"merchant {merchant!r} was stored meanwhile")
         if meta_text is None:
             conn.execute(
                 "INSERT INTO merchants (merchant, meta) VALUES (?, '{}') ON CONFLICT DO NOTHING",
