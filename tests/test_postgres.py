@@ -1,0 +1,297 @@
+"""PostgresStore: the several-workers part of the store contract on every store,
+then what only PostgreSQL does here, against a real server (QRISPAY_TEST_POSTGRES;
+without one these skip, and fail on CI): claims and leases raced from several
+pools, a fenced commit racing a takeover, migration between processes, schemas
+that are not ours or are newer, the DSN's password kept secret, and the
+message when the extra is missing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+import qrispay
+from qrispay.errors import InvoiceStateConflictError, LeaseLostError
+from qrispay.store import (
+    Changes,
+    PostgresStore,
+    Store,
+    StoreError,
+    StoreSchemaError,
+    _postgres_schema,
+)
+from qrispay.store._base import HOLDS_FOREVER, micros
+
+from .test_store import at, ev, make_store, rec, sorted_state
+
+pytestmark = pytest.mark.anyio
+
+PASSWORD = "pg-S3cr3t/pa:ss@word"
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    async with make_store(request.param, request) as opened:
+        yield opened
+
+
+@pytest.fixture
+def pg(pg_schema: tuple[str, str]) -> Iterator[Any]:
+    """A plain psycopg connection to the test server, for looking under the store."""
+    import psycopg
+
+    with psycopg.connect(pg_schema[0], autocommit=True) as conn:
+        yield conn
+
+
+def closed(invoice_id: str, until: int, total: int = 10_000) -> tuple[str, int, str, str, int]:
+    return (invoice_id, total, "paid", json.dumps({"id": invoice_id, "closed": True}), until)
+
+
+# -- the several-workers contract, on every store -----------------------------------
+
+
+async def test_lease_claim_renew_takeover_release(store: Store) -> None:
+    first = await store.claim_lease("m", "a", None, now=at(0), ttl=60)
+    assert first is not None
+    assert (first.holder, first.epoch, first.expires_at) == ("a", 1, at(1))
+    # Another holder waits while the lease is live; the holder renews at its epoch.
+    assert await store.claim_lease("m", "b", None, now=at(0.5), ttl=60) is None
+    renewed = await store.claim_lease("m", "a", 1, now=at(0.5), ttl=60)
+    assert renewed is not None
+    assert (renewed.epoch, renewed.expires_at) == (1, at(1.5))
+    # The same name at another epoch is an earlier incarnation: a new epoch.
+    again = await store.claim_lease("m", "a", None, now=at(0.6), ttl=60)
+    assert again is not None
+    assert again.epoch == 2
+    # Lapsed: anyone takes it.
+    taken = await store.claim_lease("m", "b", None, now=at(2), ttl=60)
+    assert taken is not None
+    assert (taken.holder, taken.epoch) == ("b", 3)
+    # Releasing by a former holder changes nothing; by the holder, frees it now.
+    await store.release_lease("m", "a", 2)
+    assert await store.claim_lease("m", "c", None, now=at(2.1), ttl=60) is None
+    await store.release_lease("m", "b", 3)
+    freed = await store.claim_lease("m", "c", None, now=at(2.1), ttl=60)
+    assert freed is not None
+    assert (freed.holder, freed.epoch) == ("c", 4)
+    # Leases are per merchant.
+    other = await store.claim_lease("m2", "a", None, now=at(2.1), ttl=60)
+    assert other is not None
+    assert other.epoch == 1
+
+
+async def test_fenced_commit_refused_after_takeover(store: Store) -> None:
+    lease = await store.claim_lease("m", "a", None, now=at(0), ttl=60)
+    assert lease is not None
+    await store.commit("m", Changes(meta={"v": 1}, records=[rec("a")], fence=("a", 1)))
+    before = sorted_state(await store.load("m"))
+    assert await store.claim_lease("m", "b", None, now=at(5), ttl=60) is not None
+    with pytest.raises(LeaseLostError):
+        await store.commit(
+            "m",
+            Changes(
+                meta={"v": 2},
+                records=[rec("a", 2), rec("b", total=20_000)],
+                seen=[("k", 1)],
+                events=[ev("e1")],
+                fence=("a", 1),
+            ),
+        )
+    assert sorted_state(await store.load("m")) == before
+    assert await store.events_after("m", 0, 10) == []
+    # No lease at all: refused too, and nothing is created.
+    with pytest.raises(LeaseLostError):
+        await store.commit("new", Changes(meta={"v": 1}, fence=("a", 1)))
+    assert await store.load("new") is None
+
+
+async def test_close_only_over_an_open_invoice(store: Store) -> None:
+    await store.commit("m", Changes(meta={}, records=[rec("a"), rec("b", total=2)]))
+    # The poller pays "a" first.
+    await store.commit("m", Changes(meta={}, records=[closed("a", micros(at(60)))]))
+    state_before = sorted_state(await store.load("m"))
+    with pytest.raises(InvoiceStateConflictError, match="'a'"):
+        await store.commit(
+            "m",
+            Changes(
+                meta={"x": 1},
+                records=[closed("a", 5), closed("b", 5, total=2)],
+                events=[ev("cancelled:a")],
+                if_open=frozenset({"a", "b"}),
+            ),
+        )
+    assert sorted_state(await store.load("m")) == state_before
+    # "b" is open: its close goes through; an unknown id is no conflict.
+    await store.commit(
+        "m", Changes(meta={}, records=[closed("b", 5, total=2)], if_open=frozenset({"b", "zz"}))
+    )
+
+
+async def test_claim_invoices(store: Store) -> None:
+    refused = await store.claim_invoices(
+        "m", [rec("a", total=100), rec("b", total=200), rec("c", total=100)], now=at(0)
+    )
+    assert refused == {"c": "a"}
+    _, version = await store.records_since("m", 0)
+    # Stored already (its own id), total held (the holder's id), fine.
+    refused = await store.claim_invoices(
+        "m", [rec("a", total=300), rec("d", total=200), rec("e", total=300)], now=at(0)
+    )
+    assert refused == {"a": "a", "d": "b"}
+    records, now_version = await store.records_since("m", version)
+    assert records == [rec("e", total=300)[3]]
+    assert now_version > version
+    # Closed, holding until minute 10: refused until then, then free.
+    await store.commit("m", Changes(meta={}, records=[closed("a", micros(at(10)), total=100)]))
+    assert await store.claim_invoices("m", [rec("f", total=100)], now=at(10)) == {"f": "a"}
+    assert await store.claim_invoices("m", [rec("f", total=100)], now=at(11)) == {}
+    # Once "f" holds it, a write to the old holder does not free it.
+    await store.commit("m", Changes(meta={}, records=[closed("a", micros(at(12)), total=100)]))
+    assert await store.claim_invoices("m", [rec("g", total=100)], now=at(13)) == {"g": "f"}
+    # Forgetting the holder frees the total.
+    await store.commit("m", Changes(meta={}, forgotten=["f"]))
+    assert await store.claim_invoices("m", [rec("g", total=100)], now=at(13)) == {}
+    state = await store.load("m")
+    assert state is not None
+    assert state.records == [
+        closed("a", micros(at(12)), total=100)[3],
+        rec("b", total=200)[3],
+        rec("e", total=300)[3],
+        rec("g", total=100)[3],
+    ]
+    # Merchants are apart; a bad total is refused before anything.
+    assert await store.claim_invoices("m2", [rec("x", total=100)], now=at(13)) == {}
+    with pytest.raises(ValueError, match="positive"):
+        await store.claim_invoices("m", [rec("h", total=7), rec("i", total=0)], now=at(13))
+    assert await store.claim_invoices("m", [rec("h", total=7)], now=at(13)) == {}
+
+
+async def test_records_since_and_version(store: Store) -> None:
+    assert await store.records_since("m", 0) == ([], 0)
+    await store.commit("m", Changes(meta={}, records=[rec("a"), rec("b", total=2)]))
+    records, first = await store.records_since("m", 0)
+    assert records == [rec("a")[3], rec("b", total=2)[3]]
+    assert first >= 1
+    await store.commit("m", Changes(meta={}, records=[rec("b", 2, total=2)]))
+    records, second = await store.records_since("m", first)
+    assert (records, second > first) == ([rec("b", 2, total=2)[3]], True)
+    assert await store.records_since("m", second) == ([], second)
+    assert (await store.records_since("m", 2**62))[1] == second
+
+
+# -- only PostgreSQL ----------------------------------------------------------------
+
+
+def pg_store(pg_schema: tuple[str, str], **options: Any) -> PostgresStore:
+    dsn, schema = pg_schema
+    return PostgresStore(dsn, schema=schema, **options)
+
+
+async def test_racing_claims_from_two_pools_one_wins(pg_schema: tuple[str, str]) -> None:
+    async with pg_store(pg_schema) as one, pg_store(pg_schema) as two:
+        for n in range(1, 31):
+            start = threading.Barrier(2)
+            results: dict[str, dict[str, str]] = {}
+
+            async def claim(store: PostgresStore, who: str, n: int = n) -> None:
+                await anyio.to_thread.run_sync(start.wait)
+                results[who] = await store.claim_invoices(
+                    "m", [rec(f"{who}{n}", total=n)], now=at(0)
+                )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(claim, one, "x")
+                tg.start_soon(claim, two, "y")
+            winners = [who for who, refused in results.items() if not refused]
+            assert len(winners) == 1, results
+            loser = "y" if winners == ["x"] else "x"
+            assert results[loser] == {f"{loser}{n}": f"{winners[0]}{n}"}
+        state = await one.load("m")
+        assert state is not None
+        assert len(state.records) == 30
+
+
+async def test_racing_lease_claims_one_holder(pg_schema: tuple[str, str]) -> None:
+    stores = [pg_store(pg_schema) for _ in range(5)]
+    try:
+        for store in stores:
+            await store.open()
+        for round_ in range(10):
+            start = threading.Barrier(len(stores))
+            got: list[Any] = []
+            now = at(round_ * 10)  # each round the last lease has lapsed
+
+            async def claim(i: int, now: datetime = now) -> None:
+                await anyio.to_thread.run_sync(start.wait)
+                got.append(await stores[i].claim_lease("m", f"w{i}", None, now=now, ttl=60))
+
+            async with anyio.create_task_group() as tg:
+                for i in range(len(stores)):
+                    tg.start_soon(claim, i)
+            leases = [lease for lease in got if lease is not None]
+            assert len(leases) == 1, got
+            assert leases[0].epoch == round_ + 1
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_fenced_commit_waits_for_a_takeover_then_is_refused(
+    pg_schema: tuple[str, str], pg: Any
+) -> None:
+    from psycopg import sql
+
+    async with pg_store(pg_schema) as store:
+        await store.claim_lease("m", "a", None, now=at(0), ttl=60)
+        await store.commit("m", Changes(meta={"v": 1}, fence=("a", 1)))
+        table = sql.Identifier(pg_schema[1], "leases")
+        # A takeover in flight holds the lease row until it commits.
+        pg.execute("BEGIN")
+        pg.execute(sql.SQL("UPDATE {} SET holder = 'b', epoch = epoch + 1").format(table))
+        outcome: list[BaseException | None] = []
+
+        async def commit() -> None:
+            try:
+                await store.commit("m", Changes(meta={"v": 2}, events=[ev("e")], fence=("a", 1)))
+                outcome.append(None)
+            except LeaseLostError as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(commit)
+            await anyio.sleep(0.3)
+            assert outcome == []  # the fenced commit waits on the lease row
+            pg.execute("COMMIT")
+        (failure,) = outcome
+        assert isinstance(failure, LeaseLostError)
+        state = await store.load("m")
+        assert state is not None
+        assert (state.meta, state.last_seq) == ({"v": 1}, 0)
+
+
+async def test_cancelled_commit_ends_its_transaction(pg_schema: tuple[str, str]) -> None:
+    async with pg_store(pg_schema) as store:
+        await store.commit("m", Changes(meta={"v": 0}))
+        with anyio.move_on_after(0.001):
+            await store.commit(
+                "m",
+                Changes(meta={"v": 1}, records=[rec(f"i{n}", total=n + 1) for n in range(500)]),
+            )
+        # Whether it committed or not, it did so whole, and the store goes on.
+        state = await store.load("m")
+        assert state is not None
+        assert (state.meta, len(state.records)) in (({"v": 0}, 0), ({"v": 1}, 500))
+        (event,) = await store.commit("m", Changes(meta={"v": 2}, events=[ev("e")]))
+        assert event.seq == 1
