@@ -8,20 +8,28 @@ message when the extra is missing."""
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
 
+import qrispay
 from qrispay.errors import InvoiceStateConflictError, LeaseLostError
 from qrispay.store import (
     Changes,
     PostgresStore,
     Store,
+    StoreError,
+    StoreSchemaError,
+    _postgres_schema,
 )
 from qrispay.store._base import micros
 
@@ -287,3 +295,291 @@ async def test_cancelled_commit_ends_its_transaction(pg_schema: tuple[str, str])
         assert (state.meta, len(state.records)) in (({"v": 0}, 0), ({"v": 1}, 500))
         (event,) = await store.commit("m", Changes(meta={"v": 2}, events=[ev("e")]))
         assert event.seq == 1
+
+
+# -- the schema ---------------------------------------------------------------------
+
+
+def info(pg: Any, schema: str) -> dict[str, str]:
+    from psycopg import sql
+
+    rows = pg.execute(
+        sql.SQL("SELECT name, value FROM {}").format(sql.Identifier(schema, "qrispay_info"))
+    ).fetchall()
+    return dict(rows)
+
+
+def tables(pg: Any, schema: str) -> set[str]:
+    rows = pg.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
+    return {row[0] for row in rows}
+
+
+async def test_a_new_schema_is_created_and_marked(pg_schema: tuple[str, str], pg: Any) -> None:
+    async with pg_store(pg_schema) as store:
+        assert store.schema == pg_schema[1]
+        await store.commit("m", Changes(meta={}))
+    assert info(pg, pg_schema[1]) == {
+        "application": "qrispay",
+        "version": str(_postgres_schema.VERSION),
+    }
+    assert {"merchants", "invoices", "totals", "events", "leases", "payouts"} <= tables(
+        pg, pg_schema[1]
+    )
+    # Reopened: the data is there, nothing is migrated again.
+    async with pg_store(pg_schema) as again:
+        assert await again.load("m") is not None
+
+
+async def test_the_database_refuses_what_the_code_must_never_write(
+    pg_schema: tuple[str, str], pg: Any
+) -> None:
+    """The invariants hold even for a writer that skips the store's checks."""
+    import psycopg
+    from psycopg import sql
+
+    async with pg_store(pg_schema) as store:
+        await store.commit("m", Changes(meta={}, records=[rec("a")], seen=[("k", 1)]))
+        await store.claim_invoices("m", [rec("b", total=5)], now=at(0))
+    table = partial(sql.Identifier, pg_schema[1])
+    bad = [
+        ("INSERT INTO {} VALUES ('m', 'z', 0, 'open', '{{}}', 1, 1)", "invoices"),
+        ("INSERT INTO {} VALUES ('m', 'a', 7, 'open', '{{}}', 1, 1)", "invoices"),
+        ("INSERT INTO {} VALUES ('m', 0, 'k', 99)", "seen_rows"),
+        ("INSERT INTO {} VALUES ('m', 5, 'c', 1)", "totals"),
+    ]
+    for statement, name in bad:
+        with pytest.raises(psycopg.errors.IntegrityError):
+            pg.execute(sql.SQL(statement).format(table(name)))
+
+
+async def test_newer_schema_is_refused(pg_schema: tuple[str, str], pg: Any) -> None:
+    from psycopg import sql
+
+    async with pg_store(pg_schema) as store:
+        await store.commit("m", Changes(meta={}))
+    newer = _postgres_schema.VERSION + 5
+    pg.execute(
+        sql.SQL("UPDATE {} SET value = %s WHERE name = 'version'").format(
+            sql.Identifier(pg_schema[1], "qrispay_info")
+        ),
+        (str(newer),),
+    )
+    store = pg_store(pg_schema)
+    for _ in range(2):  # each call says so again: no half-open store
+        with pytest.raises(StoreSchemaError) as raised:
+            await store.load("m")
+        message = str(raised.value)
+        assert str(newer) in message
+        assert f"version {_postgres_schema.VERSION}" in message
+        assert pg_schema[1] in message
+    await store.aclose()
+    assert info(pg, pg_schema[1])["version"] == str(newer)
+
+
+async def test_a_schema_that_is_not_ours_is_refused_and_untouched(
+    pg_schema: tuple[str, str], pg: Any
+) -> None:
+    from psycopg import sql
+
+    name = pg_schema[1]
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    pg.execute(
+        sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(
+            sql.Identifier(name, "invoices")
+        )
+    )
+    store = pg_store(pg_schema)
+    with pytest.raises(StoreError, match="not a qrispay store") as raised:
+        await store.open()
+    assert not isinstance(raised.value, StoreSchemaError)
+    assert name in str(raised.value)
+    await store.aclose()
+    assert tables(pg, name) == {"invoices"}
+
+
+async def test_a_failed_migration_leaves_the_old_version(
+    pg_schema: tuple[str, str], pg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with pg_store(pg_schema) as store:
+        await store.commit("m", Changes(meta={"kept": True}))
+    broken = ("CREATE TABLE half_done (n int)", "SELECT no_such_function()")
+    monkeypatch.setattr(_postgres_schema, "STEPS", (*_postgres_schema.STEPS, broken))
+    monkeypatch.setattr(_postgres_schema, "VERSION", _postgres_schema.VERSION + 1)
+    with pytest.raises(StoreError, match="no_such_function"):
+        await pg_store(pg_schema).open()
+    assert info(pg, pg_schema[1])["version"] == str(_postgres_schema.VERSION - 1)
+    assert "half_done" not in tables(pg, pg_schema[1])
+
+
+MIGRATE_SCRIPT = """
+import sys, anyio
+from qrispay.store import PostgresStore, _postgres_schema as schema
+if sys.argv[3] == "step":
+    # A later release's step, run at most once whoever opens first.
+    schema.STEPS = (*schema.STEPS, ("CREATE TABLE step_runs (n int PRIMARY KEY)",
+                                    "INSERT INTO step_runs VALUES (1)"))
+    schema.VERSION = len(schema.STEPS)
+async def main():
+    async with PostgresStore(sys.argv[1], schema=sys.argv[2]) as store:
+        assert await store.load("m") is None
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("step", ["create", "step"])
+def test_several_processes_open_at_once_and_migrate_once(
+    pg_schema: tuple[str, str], pg: Any, step: str
+) -> None:
+    dsn, name = pg_schema
+    if step == "step":
+        run = [sys.executable, "-c", MIGRATE_SCRIPT, dsn, name, "create"]
+        subprocess.run(run, check=True, timeout=60)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_SCRIPT, dsn, name, step], stderr=subprocess.PIPE
+        )
+        for _ in range(6)
+    ]
+    errors = [proc.communicate(timeout=60)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 6, errors
+    version = _postgres_schema.VERSION + (1 if step == "step" else 0)
+    assert info(pg, name)["version"] == str(version)
+    if step == "step":
+        from psycopg import sql
+
+        rows = pg.execute(
+            sql.SQL("SELECT n FROM {}").format(sql.Identifier(name, "step_runs"))
+        ).fetchall()
+        assert rows == [(1,)]
+
+
+# -- secrets ------------------------------------------------------------------------
+
+
+def with_password(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    return make_conninfo(**{**conninfo_to_dict(dsn), "password": PASSWORD})
+
+
+def chain_text(error: BaseException) -> str:
+    """Everything a traceback of ``error`` would print."""
+    import traceback
+
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def assert_secret_kept(text: str) -> None:
+    assert PASSWORD not in text
+    for part in PASSWORD.split("/") + PASSWORD.split(":"):
+        assert part not in text or len(part) < 6, part
+    from urllib.parse import quote
+
+    assert quote(PASSWORD, safe="") not in text
+
+
+def test_repr_shows_host_db_and_schema_only() -> None:
+    url = f"postgresql://alice:{quote_pw()}@db.example:5433/shop?sslmode=require"
+    store = PostgresStore(url, schema="billing")
+    assert repr(store) == "<PostgresStore host='db.example' db='shop' schema='billing'>"
+    keywords = PostgresStore(f"host=db.example dbname=shop user=alice password='{PASSWORD}'")
+    assert repr(keywords) == "<PostgresStore host='db.example' db='shop' schema='qrispay'>"
+
+
+def quote_pw() -> str:
+    from urllib.parse import quote
+
+    return quote(PASSWORD, safe="")
+
+
+async def test_a_failed_connection_keeps_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    for dsn in (
+        f"postgresql://alice:{quote_pw()}@127.0.0.1:1/shop?connect_timeout=5",
+        f"host=127.0.0.1 port=1 dbname=shop user=alice password='{PASSWORD}'",
+    ):
+        store = PostgresStore(dsn)
+        with pytest.raises(StoreError, match="cannot connect") as raised:
+            await store.open()
+        assert "'shop'" in str(raised.value)
+        assert_secret_kept(chain_text(raised.value))
+        assert_secret_kept(repr(raised.value))
+        await store.aclose()
+    assert_secret_kept(caplog.text)
+
+
+def test_a_dsn_that_does_not_parse_is_not_echoed() -> None:
+    with pytest.raises(StoreError, match="not shown") as raised:
+        PostgresStore(f"host=127.0.0.1 {PASSWORD}")
+    assert_secret_kept(chain_text(raised.value))
+
+
+async def test_errors_and_logs_of_an_open_store_keep_the_password(
+    pg_schema: tuple[str, str], pg: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from psycopg import sql
+
+    caplog.set_level(logging.DEBUG)
+    dsn = with_password(pg_schema[0])
+    async with PostgresStore(dsn, schema=pg_schema[1]) as store:
+        await store.commit("m", Changes(meta={}))
+        # The pool says why a connection failed, with whatever libpq said.
+        logging.getLogger("psycopg.pool").warning("error connecting in %r: %s", "pool", dsn)
+        logging.getLogger("psycopg").warning("dsn was %s", dsn)
+        # A driver error mid-use is a StoreError naming the schema, and no password.
+        pg.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(pg_schema[1], "events")))
+        with pytest.raises(StoreError) as raised:
+            await store.events_after("m", 0, 10)
+        assert pg_schema[1] in str(raised.value)
+        assert_secret_kept(chain_text(raised.value))
+        assert_secret_kept(repr(store))
+    assert "error connecting" in caplog.text
+    assert_secret_kept(caplog.text)
+
+
+# -- the extra ----------------------------------------------------------------------
+
+
+def test_without_the_extra_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ImportError, match=r"pip install 'qrispay\[postgres\]'"):
+        PostgresStore("postgresql://localhost/db")
+
+
+def test_qrispay_imports_without_the_extra() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None\n"
+        "sys.modules['psycopg_pool'] = None\n"
+        "import qrispay\n"
+        "try:\n"
+        "    qrispay.PostgresStore('postgresql://localhost/db')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'qrispay[postgres]'" in done.stdout
+
+
+def test_exported() -> None:
+    assert qrispay.PostgresStore is PostgresStore
+    assert "PostgresStore" in qrispay.__all__
+
+
+def test_only_store_modules_import_psycopg() -> None:
+    package = Path(qrispay.__file__).parent
+    importers = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "import psycopg" in (text := path.read_text(encoding="utf-8")) or "from psycopg" in text
+    }
+    assert importers <= {
+        "store/_postgres.py",
+        "store/_postgres_schema.py",
+        "store/_postgres_workers.py",
+    }
+    assert "store/_postgres.py" in importers

@@ -144,7 +144,7 @@ class PostgresStore(Store):
         return f"<PostgresStore host={self._host!r} db={self._dbname!r} schema={self._schema!r}>"
 
     def _where(self) -> str:
-        return f"schema {self._schema!r} of PostgreSQL database {self._dbname!r} on {self._host!r}"
+        return f"schema {self._schema!r} of database {self._dbname!r} on {self._host!r}"
 
     # -- connection -----------------------------------------------------------------
 

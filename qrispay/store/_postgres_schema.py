@@ -166,10 +166,11 @@ def identify(conn: Any, schema: str, where: str) -> int:
         return _read_version(cur, schema, where)
 
 
-def migrate(conn: Any, schema: str, where: str, target: int = VERSION) -> None:
+def migrate(conn: Any, schema: str, where: str, target: int | None = None) -> None:
     """Bring the store in ``schema`` up to ``target``, every missing step in one
     transaction. The version is read again under the advisory lock, so steps
     another process has just run are skipped rather than run twice."""
+    target = VERSION if target is None else target
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
         current = _read_version(cur, schema, where)
