@@ -1,5 +1,5 @@
-"""A Reconciler on a store, stopped and started again, in virtual time on both
-backends: the downtime's payments each get exactly one verdict, reserved
+"""A Reconciler on a store, stopped and started again, in virtual time on all
+stores: the downtime's payments each get exactly one verdict, reserved
 totals survive, and no event id is published twice (docs/design.md, "Stores")."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from qrispay import (
     Reconciler,
     UnmatchedCredit,
 )
-from qrispay.store import Changes, SQLiteStore, Store, StoredEvent
+from qrispay.store import Changes, PostgresStore, SQLiteStore, Store, StoredEvent
 
 from .test_reconciler import INTERVAL, World, _static_qris, virtual_backend
 from .virtual_time import hold_time_during_threads
@@ -30,7 +30,7 @@ from .virtual_time import hold_time_during_threads
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -47,14 +47,23 @@ def _threads_hold_time(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def new_store(store_kind: str, tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
+async def new_store(
+    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[[], Store]]:
     """Makes the store of this run; each call opens the same data anew, as a
     restarted process would (a MemoryStore object stands for its data)."""
     memory = MemoryStore()
     made: list[Store] = []
+    pg = request.getfixturevalue("pg_schema") if store_kind == "postgres" else None
 
     def make() -> Store:
-        store = memory if store_kind == "memory" else SQLiteStore(tmp_path / "qrispay.db")
+        store: Store
+        if pg is not None:
+            store = PostgresStore(pg[0], schema=pg[1])
+        elif store_kind == "memory":
+            store = memory
+        else:
+            store = SQLiteStore(tmp_path / "qrispay.db")
         made.append(store)
         return store
 
