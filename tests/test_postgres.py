@@ -33,6 +33,7 @@ from qrispay.store import (
 )
 from qrispay.store._base import micros
 
+from .conftest import POSTGRES_ENV, postgres_dsn
 from .test_store import at, ev, make_store, rec, sorted_state
 
 pytestmark = pytest.mark.anyio
@@ -583,3 +584,13 @@ def test_only_store_modules_import_psycopg() -> None:
         "store/_postgres_workers.py",
     }
     assert "store/_postgres.py" in importers
+
+
+def test_without_a_server_the_tests_skip_except_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(POSTGRES_ENV, raising=False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run"):
+        postgres_dsn()
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match=POSTGRES_ENV):
+        postgres_dsn()

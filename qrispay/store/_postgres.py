@@ -122,6 +122,7 @@ class PostgresStore(Store):
                 "(not shown, as it may hold a password)"
             ) from None
         self._dsn = dsn
+        self._timeout_given = "connect_timeout" in params
         self._schema = schema
         self._host = str(params.get("host") or params.get("hostaddr") or "")
         self._dbname = str(params.get("dbname") or "")
@@ -185,8 +186,13 @@ class PostgresStore(Store):
         # One connection of our own first: its error says why (the pool's would
         # only say that it timed out), and it identifies and migrates the store
         # before any pooled connection uses it.
+        options = dict(self._pool_options)
+        kwargs = {**options.pop("kwargs", {}), "autocommit": True}
+        if not self._timeout_given and "connect_timeout" not in kwargs:
+            # Without one, libpq waits on an unreachable host as long as the OS does.
+            kwargs["connect_timeout"] = max(2, int(float(options.get("timeout", 30.0))))
         try:
-            conn = psycopg.connect(self._dsn, autocommit=True)
+            conn = psycopg.connect(self._dsn, **kwargs)
         except psycopg.Error as exc:
             raise self._error(exc, "cannot connect: ") from exc
         try:
@@ -197,8 +203,6 @@ class PostgresStore(Store):
             raise self._error(exc, "cannot open as a qrispay store: ") from exc
         finally:
             conn.close()
-        options = dict(self._pool_options)
-        kwargs = {**options.pop("kwargs", {}), "autocommit": True}
         pool = psycopg_pool.ConnectionPool(
             self._dsn,
             kwargs=kwargs,
