@@ -355,3 +355,31 @@ async def test_replay_from_the_start_gives_every_stored_event(
                     break
     assert got[0] == f"paid:{invoice.invoice_id}"
     assert got[1].startswith("unmatched:")
+
+
+async def test_two_workers_on_one_store_one_polls_and_both_report(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    """Two Reconcilers on one store (two processes on the same data): one polls,
+    an invoice made by the other is paid and reported in both, once each."""
+    one, two = Consumer(), Consumer()
+    with anyio.fail_after(3600):
+        rec1 = world.reconciler(store=new_store(), worker_id="w1", lease_ttl=90)
+        rec2 = world.reconciler(store=new_store(), worker_id="w2", lease_ttl=90)
+        sub1, sub2 = one.subscribe(rec1), two.subscribe(rec2)
+        async with anyio.create_task_group() as tg, rec1, rec2:
+            tg.start_soon(one.drain, sub1)
+            tg.start_soon(two.drain, sub2)
+            await anyio.sleep(2 * INTERVAL)
+            assert [rec1.is_polling, rec2.is_polling].count(True) == 1
+            first = await rec2.create_invoice(10_000)
+            second = await rec1.create_invoice(10_000)
+            assert second.total != first.total
+            world.sandbox.pay(first.total)
+            await anyio.sleep(3 * INTERVAL)
+            await anyio.sleep(1)
+            tg.cancel_scope.cancel()
+    for consumer in (one, two):
+        paid = [event.invoice.invoice_id for event in consumer.of(InvoicePaid)]
+        assert paid == [first.invoice_id]
+        assert len(consumer.ids()) == len(set(consumer.ids()))
