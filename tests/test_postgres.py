@@ -249,6 +249,19 @@ async def test_racing_lease_claims_one_holder(pg_schema: tuple[str, str]) -> Non
             await store.aclose()
 
 
+async def test_racing_payout_claims_one_intent(pg_schema: tuple[str, str]) -> None:
+    """A withdrawal is sent at most once: of two workers claiming one key at
+    once, exactly one gets the new intent, and both see the same entry."""
+    async with pg_store(pg_schema) as one, pg_store(pg_schema) as two:
+        for n in range(20):
+            (a, made_a), (b, made_b) = await at_once(
+                partial(one.payout_claim, "acct", f"k{n}", '{"by": 1}', at(0)),
+                partial(two.payout_claim, "acct", f"k{n}", '{"by": 2}', at(0)),
+            )
+            assert sorted([made_a, made_b]) == [False, True]
+            assert a == b
+
+
 async def test_fenced_commit_waits_for_a_takeover_then_is_refused(
     pg_schema: tuple[str, str], pg: Any
 ) -> None:
