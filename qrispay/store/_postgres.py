@@ -38,7 +38,6 @@ from ..errors import StoreError
 from . import _postgres_schema as schema
 from . import _postgres_workers as workers
 from ._base import (
-    PAYOUT_STATES,
     Changes,
     Lease,
     MerchantState,
@@ -332,32 +331,14 @@ class PostgresStore(Store):
         withdraw_id: str | None,
         now: datetime,
     ) -> None:
-        def settle(cur: Any) -> None:
-            where = (scope, key)
-            cur.execute("SELECT 1 FROM payouts WHERE scope = %s AND key = %s FOR UPDATE", where)
-            if cur.fetchone() is None:
-                raise KeyError(key)
-            if state is None:
-                cur.execute("DELETE FROM payouts WHERE scope = %s AND key = %s", where)
-                return
-            if state not in PAYOUT_STATES:
-                raise ValueError(f"unknown payout state {state!r}")
-            if withdraw_id is not None:
-                cur.execute(
-                    "SELECT 1 FROM payouts WHERE scope = %s AND withdraw_id = %s AND key <> %s",
-                    (scope, withdraw_id, key),
-                )
-                if cur.fetchone() is not None:
-                    raise StoreError(
-                        f"withdrawal {withdraw_id!r} is already claimed by another key"
-                    )
-            cur.execute(
-                "UPDATE payouts SET state = %s, result = %s, withdraw_id = %s, updated_us = %s "
-                "WHERE scope = %s AND key = %s",
-                (state, result, withdraw_id, micros(now), scope, key),
+        await self._run(
+            lambda conn: _write(
+                conn,
+                lambda cur: workers.payout_settle(
+                    cur, scope, key, state, result, withdraw_id, micros(now)
+                ),
             )
-
-        await self._run(lambda conn: _write(conn, settle))
+        )
 
     async def payouts_in(self, scope: str, state: str) -> list[PayoutEntry]:
         def payouts_in(cur: Any) -> list[PayoutEntry]:

@@ -17,13 +17,14 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import InvoiceStateConflictError, LeaseLostError, StoreError
-from ._base import Changes, Lease, StoredEvent, from_micros, micros
+from ._base import PAYOUT_STATES, Changes, Lease, StoredEvent, from_micros, micros
 
 __all__ = [
     "apply",
     "claim_invoices",
     "claim_lease",
     "lock_merchant",
+    "payout_settle",
     "records_since",
     "release_lease",
 ]
@@ -327,3 +328,37 @@ def records_since(cur: Any, merchant: str, version: int) -> tuple[list[str], int
         (merchant, version),
     )
     return [text for (text,) in cur.fetchall()], int(row[0])
+
+
+def payout_settle(
+    cur: Any,
+    scope: str,
+    key: str,
+    state: str | None,
+    result: str | None,
+    withdraw_id: str | None,
+    now_us: int,
+) -> None:
+    where = (scope, key)
+    # Locked: a second settle of the key waits, then judges the first one's result.
+    cur.execute("SELECT 1 FROM payouts WHERE scope = %s AND key = %s FOR UPDATE", where)
+    if cur.fetchone() is None:
+        raise KeyError(key)
+    if state is None:
+        cur.execute("DELETE FROM payouts WHERE scope = %s AND key = %s", where)
+        return
+    if state not in PAYOUT_STATES:
+        raise ValueError(f"unknown payout state {state!r}")
+    if withdraw_id is not None:
+        cur.execute(
+            "SELECT 1 FROM payouts WHERE scope = %s AND withdraw_id = %s AND key <> %s",
+            (scope, withdraw_id, key),
+        )
+        if cur.fetchone() is not None:
+            raise StoreError(f"withdrawal {withdraw_id!r} is already claimed by another key")
+    # A claim by another key committing meanwhile still fails here, on the unique index.
+    cur.execute(
+        "UPDATE payouts SET state = %s, result = %s, withdraw_id = %s, updated_us = %s "
+        "WHERE scope = %s AND key = %s",
+        (state, result, withdraw_id, now_us, scope, key),
+    )
