@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--quick | --smoke] [--only NAME,...] [--markdown] [--output PATH]``."""
+"""``python -m benchmarks [--quick | --smoke] [--only NAME,...] [--markdown] [--output PATH]
+[--postgres DSN]``."""
 
 from __future__ import annotations
 
@@ -88,7 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=Path(__file__).resolve().parent / "results.json",
         help="where to write the figures as JSON (default: benchmarks/results.json)",
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help=f"a PostgreSQL server for the stores suite's PostgreSQL figure "
+        f"(default: ${stores.POSTGRES_ENV}; without one that figure is skipped)",
+    )
     args = parser.parse_args(argv)
+    if args.postgres:
+        os.environ[stores.POSTGRES_ENV] = args.postgres
     chosen = args.only.split(",") if args.only else list(SUITES)
     unknown = set(chosen) - set(SUITES)
     if unknown:

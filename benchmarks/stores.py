@@ -11,6 +11,11 @@
   gateway, with either store (the background poll is held off: ttl 1 h).
 * Database size: bytes of the SQLite file (WAL checkpointed away on close) per
   open invoice and per remembered row key, against their JSON.
+* Lease and commit per poll on PostgreSQL: what a polling Reconciler asks of its
+  store at each steady poll (renew the lease, then the fenced commit),
+  ``PostgresStore`` against ``MemoryStore``. Only with a server: the DSN in
+  ``QRISPAY_TEST_POSTGRES`` or ``--postgres DSN``; without one the figure says
+  it was skipped. It runs in a fresh schema, dropped afterwards.
 
 Every SQLite file lives in a fresh temporary directory (WAL, synchronous=FULL,
 as ``SQLiteStore`` sets them), so the figures include the fsync of each commit.
@@ -19,9 +24,12 @@ as ``SQLiteStore`` sets them), so the figures include the fsync of each commit.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta
@@ -29,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import attrs
 
 from qrispay import Invoice, MutationClient, PollPolicy, Reconciler, ReconciliationEngine
@@ -38,7 +47,7 @@ from qrispay._keeper import Keeper
 from qrispay.events import Event
 from qrispay.polling import Schedule
 from qrispay.sandbox import Sandbox
-from qrispay.store import MemoryStore, SQLiteStore, Store
+from qrispay.store import MemoryStore, PostgresStore, SQLiteStore, Store
 
 from ._feed import AUTH, BASE_URL, MERCHANT, NOW, TOKEN, Answers, body, engine_with, invoices, rows
 from ._harness import Figure, Timer, Variant, figure, interleaved
@@ -311,6 +320,82 @@ async def _sizes(cfg: Config, directory: Path) -> list[Figure]:
     ]
 
 
+# -- 5. lease and commit on PostgreSQL ----------------------------------------------
+
+#: Where the PostgreSQL figure finds its server (``--postgres DSN`` sets it too).
+POSTGRES_ENV = "QRISPAY_TEST_POSTGRES"
+_POSTGRES_NAME = "lease + commit/poll (steady, fenced), PostgresStore vs MemoryStore"
+
+
+def _drop_schema(dsn: str, schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+async def _postgres(cfg: Config) -> Figure:
+    dsn = os.environ.get(POSTGRES_ENV, "")
+    if not dsn:
+        print(
+            f"stores: no PostgreSQL figure: set {POSTGRES_ENV} or pass --postgres DSN",
+            file=sys.stderr,
+        )
+        return figure(
+            f"{_POSTGRES_NAME} (skipped: no {POSTGRES_ENV} / --postgres)",
+            math.nan,
+            "ms/poll",
+            math.nan,
+        )
+    open_invoices = invoices(OPEN)
+    window = rows(ROWS, pays=[i.total for i in open_invoices], pay_every=5, tag="pg")
+    answers = Answers([body(window)])
+    schedule = Schedule(PollPolicy())
+    schema = f"qrispay_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        async with AsyncExitStack() as stack:
+
+            async def variant(store: Store) -> Variant:
+                await stack.enter_async_context(store)
+                feed = await stack.enter_async_context(_client(answers))
+                keeper, engine = await _kept(store, engine_with(open_invoices))
+                ticks = _Ticks()
+
+                async def poll(timer: Timer | None = None) -> None:
+                    # Untimed: the fetch and the engine's work, the same for both.
+                    started = ticks()
+                    batch = await feed.fetch(max_retries=0)
+                    events = engine.ingest(batch, now=NOW, rejected=batch.rejected)
+                    keeper.fetched(started, schedule)
+                    with Timer() as t:
+                        assert await keeper.claim_lease()
+                        await keeper.commit(engine, events, _publish)
+                    if timer is not None:
+                        timer.elapsed = t.elapsed
+
+                await poll()  # the poll before: it stored every row of the answer
+
+                async def run(rep: int) -> float:
+                    timer = Timer()
+                    await poll(timer)
+                    return timer.elapsed
+
+                return run
+
+            times = await interleaved(
+                {
+                    "postgres": await variant(PostgresStore(dsn, schema=schema)),
+                    "memory": await variant(MemoryStore()),
+                },
+                repeats=cfg.repeats,
+                warmup=2,
+            )
+    finally:
+        await anyio.to_thread.run_sync(_drop_schema, dsn, schema)
+    return figure(_POSTGRES_NAME, times["postgres"] * 1e3, "ms/poll", times["memory"] * 1e3)
+
+
 async def run(cfg: Config) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="qrispay-bench-") as name:
         directory = Path(name)
@@ -319,6 +404,7 @@ async def run(cfg: Config) -> list[Figure]:
             await _cold_commit(cfg, directory),
             await _create(cfg, directory),
             *await _sizes(cfg, directory),
+            await _postgres(cfg),
         ]
 
 

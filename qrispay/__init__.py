@@ -64,7 +64,7 @@ from .mutations import MutationClient
 from .payouts import Payouts
 from .polling import PollPolicy
 from .reconciler import EventSubscription, Reconciler, ReconcilerStats
-from .store import MemoryStore, SQLiteStore, Store
+from .store import MemoryStore, PostgresStore, SQLiteStore, Store
 
 __all__ = [
     "__version__",
@@ -122,6 +122,7 @@ __all__ = [
     "StoreSchemaError",
     "MemoryStore",
     "SQLiteStore",
+    "PostgresStore",
     "ReplaySubscription",
     "TotalConflictError",
     "UnknownRow",

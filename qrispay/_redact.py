@@ -21,6 +21,7 @@ __all__ = [
     "install_log_scrubber",
     "live_secrets",
     "scrub_chain",
+    "scrub_dsn",
 ]
 
 MASK = "***"
@@ -31,6 +32,20 @@ MASK = "***"
 _SECRET_QUERY = re.compile(r"(?i)\b(apikey|auth|token)(=|%3D)[^&\s\"'#<>]*")
 
 _ESCAPE = re.compile(r"%[0-9A-F]{2}")
+
+# A database connection string carries its password in one of two forms: a
+# ``password=...`` keyword (maybe quoted, maybe a URL query parameter) or the
+# ``scheme://user:PASSWORD@host`` userinfo of a URL. Masked whatever the value,
+# so a DSN nobody registered (or one mistyped into a message) stays secret too.
+_DSN_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&'\"]*)")
+# libpq ends the userinfo at the first '@' before any '/'.
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/?#@\s]*:)[^@/\s]*@")
+
+
+def scrub_dsn(text: str) -> str:
+    """``text`` with the password of any connection string in it masked."""
+    text = _DSN_PASSWORD.sub(rf"\1{MASK}", text)
+    return _URL_PASSWORD.sub(rf"\1{MASK}@", text)
 
 
 def _variants(secret: str) -> set[str]:
@@ -72,7 +87,7 @@ class Redactor:
         for variant in self._variants:
             if variant in text:
                 text = text.replace(variant, MASK)
-        return _SECRET_QUERY.sub(rf"\1\2{MASK}", text)
+        return scrub_dsn(_SECRET_QUERY.sub(rf"\1\2{MASK}", text))
 
     def scrub_obj(self, value: Any) -> Any:
         """``value`` with every string in it scrubbed, dict keys included.
@@ -189,7 +204,8 @@ live_secrets = _LiveSecrets()
 
 
 class _LogScrubber(logging.Filter):
-    """Masks secrets in records of httpx and httpcore without silencing them."""
+    """Masks secrets in records of httpx, httpcore and psycopg without silencing
+    them."""
 
     installed = False
 
@@ -199,7 +215,11 @@ class _LogScrubber(logging.Filter):
         except Exception:  # a broken record is the logging module's to report
             return True
         redactor = live_secrets.redactor
-        if redactor.contains_secret(message) or _SECRET_QUERY.search(message):
+        if (
+            redactor.contains_secret(message)
+            or _SECRET_QUERY.search(message)
+            or scrub_dsn(message) != message
+        ):
             record.msg = redactor.scrub(message)
             record.args = ()
         return True
@@ -213,6 +233,9 @@ _SCRUBBED_LOGGERS = (
     "httpcore.http2",
     "httpcore.proxy",
     "httpcore.socks",
+    # The connection pool logs why a connection attempt failed.
+    "psycopg",
+    "psycopg.pool",
 )
 _log_scrubber = _LogScrubber()
 

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
+
 import pytest
 
 from qrispay import _http
@@ -24,3 +28,35 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(_http, "_sleep", fake_sleep)
     return recorded
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+
+#: The environment variable naming the PostgreSQL server the tests may use (a DSN).
+POSTGRES_ENV = "QRISPAY_TEST_POSTGRES"
+
+
+def postgres_dsn() -> str:
+    """The DSN of the test server; skips the test without one, except on CI,
+    where a PostgreSQL test that cannot run fails (.ci/run starts a server)."""
+    dsn = os.environ.get(POSTGRES_ENV, "")
+    if not dsn:
+        message = f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI must run the PostgreSQL tests)")
+        pytest.skip(message)
+    return dsn
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[tuple[str, str]]:
+    """A DSN and a fresh schema name on the test server, dropped afterwards, so
+    every test starts from an empty store and no two tests share one."""
+    dsn = postgres_dsn()
+    name = f"qrispay_test_{uuid.uuid4().hex[:12]}"
+    yield dsn, name
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))

@@ -34,6 +34,7 @@ PROMISED = {
     "Store",
     "MemoryStore",
     "SQLiteStore",
+    "PostgresStore",
     "StoreError",
     "StoreSchemaError",
     "ReplaySubscription",

@@ -7,7 +7,6 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -29,7 +28,7 @@ from qrispay import (
 from qrispay._codec import dump_withdrawal, load_withdrawal
 from qrispay.payouts import CLOCK_SKEW
 from qrispay.sandbox import Sandbox
-from qrispay.store import SQLiteStore, StoreError
+from qrispay.store import PostgresStore, SQLiteStore, StoreError
 from qrispay.store._base import PAYOUT_STATES, PayoutEntry
 
 from .conftest import SECRET
@@ -43,15 +42,22 @@ NAME = "John Doe"
 ARGS = (100_000, NUMBER, NAME)
 
 #: The stores the contract runs on.
-STORES: dict[str, Callable[[Path], Store]] = {
-    "memory": lambda path: MemoryStore(),
-    "sqlite": lambda path: SQLiteStore(path / "store.db"),
+STORES: dict[str, Callable[[pytest.FixtureRequest], Store]] = {
+    "memory": lambda request: MemoryStore(),
+    "sqlite": lambda request: SQLiteStore(request.getfixturevalue("tmp_path") / "store.db"),
+    "postgres": lambda request: _postgres(request),
 }
 
 
+def _postgres(request: pytest.FixtureRequest) -> Store:
+    # In this test's own schema of the server QRISPAY_TEST_POSTGRES names.
+    dsn, schema = request.getfixturevalue("pg_schema")
+    return PostgresStore(dsn, schema=schema)
+
+
 @pytest.fixture(params=sorted(STORES))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with STORES[request.param](tmp_path) as opened:
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    async with STORES[request.param](request) as opened:
         yield opened
 
 

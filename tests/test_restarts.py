@@ -1,5 +1,5 @@
-"""A Reconciler on a store, stopped and started again, in virtual time on both
-backends: the downtime's payments each get exactly one verdict, reserved
+"""A Reconciler on a store, stopped and started again, in virtual time on all
+stores: the downtime's payments each get exactly one verdict, reserved
 totals survive, and no event id is published twice (docs/design.md, "Stores")."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from qrispay import (
     Reconciler,
     UnmatchedCredit,
 )
-from qrispay.store import Changes, SQLiteStore, Store, StoredEvent
+from qrispay.store import Changes, PostgresStore, SQLiteStore, Store, StoredEvent
 
 from .test_reconciler import INTERVAL, World, _static_qris, virtual_backend
 from .virtual_time import hold_time_during_threads
@@ -30,7 +30,7 @@ from .virtual_time import hold_time_during_threads
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -47,14 +47,23 @@ def _threads_hold_time(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def new_store(store_kind: str, tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
+async def new_store(
+    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[[], Store]]:
     """Makes the store of this run; each call opens the same data anew, as a
     restarted process would (a MemoryStore object stands for its data)."""
     memory = MemoryStore()
     made: list[Store] = []
+    pg = request.getfixturevalue("pg_schema") if store_kind == "postgres" else None
 
     def make() -> Store:
-        store = memory if store_kind == "memory" else SQLiteStore(tmp_path / "qrispay.db")
+        store: Store
+        if pg is not None:
+            store = PostgresStore(pg[0], schema=pg[1])
+        elif store_kind == "memory":
+            store = memory
+        else:
+            store = SQLiteStore(tmp_path / "qrispay.db")
         made.append(store)
         return store
 
@@ -346,3 +355,31 @@ async def test_replay_from_the_start_gives_every_stored_event(
                     break
     assert got[0] == f"paid:{invoice.invoice_id}"
     assert got[1].startswith("unmatched:")
+
+
+async def test_two_workers_on_one_store_one_polls_and_both_report(
+    world: World, new_store: Callable[[], Store]
+) -> None:
+    """Two Reconcilers on one store (two processes on the same data): one polls,
+    an invoice made by the other is paid and reported in both, once each."""
+    one, two = Consumer(), Consumer()
+    with anyio.fail_after(3600):
+        rec1 = world.reconciler(store=new_store(), worker_id="w1", lease_ttl=90)
+        rec2 = world.reconciler(store=new_store(), worker_id="w2", lease_ttl=90)
+        sub1, sub2 = one.subscribe(rec1), two.subscribe(rec2)
+        async with anyio.create_task_group() as tg, rec1, rec2:
+            tg.start_soon(one.drain, sub1)
+            tg.start_soon(two.drain, sub2)
+            await anyio.sleep(2 * INTERVAL)
+            assert [rec1.is_polling, rec2.is_polling].count(True) == 1
+            first = await rec2.create_invoice(10_000)
+            second = await rec1.create_invoice(10_000)
+            assert second.total != first.total
+            world.sandbox.pay(first.total)
+            await anyio.sleep(3 * INTERVAL)
+            await anyio.sleep(1)
+            tg.cancel_scope.cancel()
+    for consumer in (one, two):
+        paid = [event.invoice.invoice_id for event in consumer.of(InvoicePaid)]
+        assert paid == [first.invoice_id]
+        assert len(consumer.ids()) == len(set(consumer.ids()))

@@ -1,4 +1,5 @@
-"""The store contract, run against MemoryStore and SQLiteStore alike, then what
+"""The store contract, run against MemoryStore, SQLiteStore and PostgresStore
+alike (PostgreSQL when QRISPAY_TEST_POSTGRES names a server), then what
 only a file can do: reopening, sharing between processes, refusing files that
 are not qrispay stores, and migrating old schemas."""
 
@@ -22,6 +23,7 @@ from qrispay.store import (
     Changes,
     MemoryStore,
     MerchantState,
+    PostgresStore,
     SQLiteStore,
     Store,
     StoreError,
@@ -57,13 +59,19 @@ def sorted_state(state: MerchantState | None) -> Any:
     return (state.meta, state.records, sorted(state.seen), sorted(state.rejected), state.last_seq)
 
 
-def make_store(kind: str, path: Path) -> Store:
-    return MemoryStore() if kind == "memory" else SQLiteStore(path / "store.db")
+def make_store(kind: str, request: pytest.FixtureRequest) -> Store:
+    """A new store of ``kind``; the PostgreSQL one in this test's own schema."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "postgres":
+        dsn, schema = request.getfixturevalue("pg_schema")
+        return PostgresStore(dsn, schema=schema)
+    return SQLiteStore(request.getfixturevalue("tmp_path") / "store.db")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with make_store(request.param, tmp_path) as opened:
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    async with make_store(request.param, request) as opened:
         yield opened
 
 
@@ -320,9 +328,12 @@ def scripted_changes(rng: random.Random, step: int) -> Changes:
     )
 
 
-async def test_sqlite_matches_memory_step_by_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_durable_store_matches_memory_step_by_step(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
     rng = random.Random(13)
-    memory, sqlite = MemoryStore(), SQLiteStore(tmp_path / "s.db")
+    memory, sqlite = MemoryStore(), make_store(kind, request)
     async with memory, sqlite:
         for step in range(60):
             merchant = rng.choice(["m1", "m2"])
