@@ -30,7 +30,10 @@ is kept in the shop's own database (``<db stem>-shop.db``), keyed by event id.
 Several worker processes may share the database (``uvicorn --workers 4``, or
 several uvicorn processes): one of them polls the feed, every one of them
 creates invoices and answers for every invoice, and each event takes effect
-once. ``QRISPAY_FEED_TTL`` sets the feed's cache window in seconds (default 30).
+once. With ``QRISPAY_POSTGRES`` (a DSN; ``pip install 'qrispay[postgres]'``)
+the state is in PostgreSQL instead, for workers on several hosts (give them
+a shared shop database too). ``QRISPAY_FEED_TTL`` sets the feed's cache
+window in seconds (default 30).
 """
 
 from __future__ import annotations
@@ -66,12 +69,14 @@ from qrispay import (
     MutationClient,
     OutcomeUnknownError,
     PollPolicy,
+    PostgresStore,
     QrispayError,
     RateLimitError,
     Reconciler,
     RejectedRows,
     ReplaySubscription,
     SQLiteStore,
+    Store,
     TotalConflictError,
     UnmatchedCredit,
 )
@@ -87,6 +92,7 @@ __all__ = [
     "feed_from_env",
     "gateway_from_env",
     "policy_from_env",
+    "store_for",
 ]
 
 logger = logging.getLogger("qrispay.examples.fastapi_app")
@@ -128,6 +134,16 @@ def policy_from_env() -> PollPolicy:
     default 30: the real feed's)."""
     ttl = float(os.environ.get("QRISPAY_FEED_TTL") or 30.0)
     return PollPolicy(ttl=ttl, margin=min(0.5, ttl / 4))
+
+
+def store_for(path: pathlib.Path) -> Store:
+    """``PostgresStore(QRISPAY_POSTGRES)`` when that is set (several hosts; the
+    ``postgres`` extra; in schema ``QRISPAY_POSTGRES_SCHEMA``, default "qrispay"),
+    else ``SQLiteStore(path)`` (several workers on one host)."""
+    dsn = os.environ.get("QRISPAY_POSTGRES")
+    if not dsn:
+        return SQLiteStore(path)
+    return PostgresStore(dsn, schema=os.environ.get("QRISPAY_POSTGRES_SCHEMA") or "qrispay")
 
 
 def db_from_env() -> pathlib.Path:
@@ -380,7 +396,7 @@ def create_app(
         async with (
             gateway_factory() as gateway,
             feed_factory() as feed,
-            SQLiteStore(path) as store,
+            store_for(path) as store,
         ):
             reconciler = Reconciler(
                 feed,

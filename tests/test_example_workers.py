@@ -1,4 +1,4 @@
-"""The FastAPI example as two real uvicorn processes on one SQLite store.
+"""The FastAPI example as two real uvicorn processes on one store (SQLite, PostgreSQL).
 
 A sandbox serves the gateway and the feed on loopback; two worker processes
 share one database, as ``uvicorn --workers 2`` (or two hosts on one database)
@@ -62,10 +62,16 @@ def _worker(port: int, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[
     )
 
 
-@pytest.fixture
-def two_workers(tmp_path: Path) -> Iterator[tuple[Sandbox, list[str], Path]]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def two_workers(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Sandbox, list[str], Path]]:
     sandbox = Sandbox(ttl=TTL)
     db = tmp_path / "shop.db"
+    store_env = {"QRISPAY_DB": str(db)}
+    if request.param == "postgres":
+        dsn, schema = request.getfixturevalue("pg_schema")
+        store_env.update({"QRISPAY_POSTGRES": dsn, "QRISPAY_POSTGRES_SCHEMA": schema})
     with sandbox.serve(port=0) as url:
         env = dict(os.environ)
         env.update(
@@ -77,7 +83,7 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[Sandbox, list[str], Path]]:
                 "QRISPAY_TOKEN": sandbox.token,
                 "QRISPAY_FEED_URL": url,
                 "QRISPAY_FEED_TTL": str(TTL),
-                "QRISPAY_DB": str(db),
+                **store_env,
                 "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
             }
         )

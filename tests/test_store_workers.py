@@ -1,8 +1,8 @@
 """The store contract for several workers: the poll lease, fencing, claiming
 totals, compare-and-set closes and reading what others wrote, on every store.
 
-Both stores must give the same answers to the same calls; a PostgreSQL store
-runs the same cases where a server is configured.
+Every store must give the same answers to the same calls (PostgreSQL where a
+server is configured: QRISPAY_TEST_POSTGRES).
 """
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import anyio
 import pytest
 
 from qrispay import InvoiceStateConflictError, LeaseLostError
-from qrispay.store import Changes, MemoryStore, SQLiteStore, Store
+from qrispay.store import Changes, Store
 from qrispay.store._base import HOLDS_FOREVER, micros
+
+from .test_store import make_store
 
 pytestmark = pytest.mark.anyio
 
@@ -35,10 +36,9 @@ def rec(
     return (invoice_id, total, state, json.dumps({"id": invoice_id, "state": state}), holds)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
-    async with made as opened:
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    async with make_store(request.param, request) as opened:
         yield opened
 
 

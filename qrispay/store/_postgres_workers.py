@@ -13,11 +13,20 @@ every commit that adds events, in every merchant).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from ..errors import InvoiceStateConflictError, LeaseLostError, StoreError
-from ._base import PAYOUT_STATES, Changes, Lease, StoredEvent, from_micros, micros
+from ._base import (
+    PAYOUT_STATES,
+    Changes,
+    Lease,
+    SeededMeanwhile,
+    StoredEvent,
+    from_micros,
+    micros,
+)
 
 __all__ = [
     "apply",
@@ -94,13 +103,20 @@ def lock_merchant(cur: Any, merchant: str) -> int:
     raise StoreError(f"merchant {merchant!r} could not be locked")  # pragma: no cover
 
 
-def check_fence(cur: Any, merchant: str, fence: tuple[str, int]) -> None:
-    # FOR SHARE: a takeover's UPDATE of this row waits until this commit ends,
-    # and if one committed while this waited, the row read is the new one.
-    cur.execute("SELECT holder, epoch FROM leases WHERE merchant = %s FOR SHARE", (merchant,))
+def check_fence(cur: Any, merchant: str, fence: tuple[str, int], until_us: int | None) -> None:
+    # FOR UPDATE (FOR SHARE without a renewal would do): a takeover's UPDATE of
+    # this row waits until this commit ends, and if one committed while this
+    # waited, the row read is the new one.
+    cur.execute("SELECT holder, epoch FROM leases WHERE merchant = %s FOR UPDATE", (merchant,))
     row = cur.fetchone()
     if row is None or (row[0], row[1]) != fence:
         raise LeaseLostError(f"the poll lease of merchant {merchant!r} is no longer this worker's")
+    if until_us is not None:
+        # The poll's renewal rides in its commit: a rollback undoes both.
+        cur.execute(
+            "UPDATE leases SET expires_us = GREATEST(expires_us, %s) WHERE merchant = %s",
+            (until_us, merchant),
+        )
 
 
 def check_open(cur: Any, merchant: str, invoice_ids: frozenset[str]) -> None:
@@ -122,9 +138,14 @@ def apply(
     """Write ``changes`` (checked by ``prepare``) for ``merchant``."""
     version = lock_merchant(cur, merchant)
     if changes.fence is not None:
-        check_fence(cur, merchant, changes.fence)
+        check_fence(cur, merchant, changes.fence, changes.lease_until)
     if changes.if_open:
         check_open(cur, merchant, changes.if_open)
+    if changes.first:
+        cur.execute("SELECT meta FROM merchants WHERE merchant = %s", (merchant,))
+        found = cur.fetchone()
+        if found is not None and json.loads(found[0]):
+            raise SeededMeanwhile(f"merchant {merchant!r} was stored meanwhile")
     if meta_text is not None:
         cur.execute(
             "UPDATE merchants SET meta = %s WHERE merchant = %s AND meta IS DISTINCT FROM %s",
