@@ -634,7 +634,8 @@ def test_only_store_modules_import_sqlite3() -> None:
         for path in package.rglob("*.py")
         if "import sqlite3" in path.read_text(encoding="utf-8")
     }
-    assert importers <= {"store/_sqlite.py", "store/_sqlite_schema.py", "store/_sqlite_workers.py"}
+    assert importers
+    assert all(name.startswith("store/_sqlite") for name in importers), importers
 
 
 def test_a_new_file_opened_by_several_processes_at_once(tmp_path: Path) -> None:

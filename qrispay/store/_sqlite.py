@@ -25,10 +25,10 @@ import anyio
 import anyio.to_thread
 
 from ..errors import StoreError
+from . import _sqlite_payouts as payouts
 from . import _sqlite_schema as schema
 from . import _sqlite_workers as workers
 from ._base import (
-    PAYOUT_STATES,
     Changes,
     Lease,
     MerchantState,
@@ -45,7 +45,6 @@ __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
 
-_PAYOUT = "scope, key, request, state, result, withdraw_id, created_us, updated_us"
 _EVENT = "seq, id, kind, created_us, data"
 
 # The WHERE of each DO UPDATE keeps an unchanged row unwritten: a poll that
@@ -70,13 +69,6 @@ _ADD_EVENT = """INSERT INTO events (seq, merchant, id, kind, created_us, data)
     VALUES (?, ?, ?, ?, ?, ?)"""
 # Ids per lookup: well under SQLite's limit on bound parameters.
 _CHUNK = 500
-
-
-def _payout(row: tuple[Any, ...]) -> PayoutEntry:
-    scope, key, request, state, result, withdraw_id, created, updated = row
-    return PayoutEntry(
-        scope, key, request, state, result, withdraw_id, from_micros(created), from_micros(updated)
-    )
 
 
 def _event(row: tuple[Any, ...]) -> StoredEvent:
@@ -335,24 +327,14 @@ class SQLiteStore(Store):
 
         return await self._run(event_seq)
 
-    # -- payouts --------------------------------------------------------------------
+    # -- payouts: the statements are in _sqlite_payouts ---------------------------
 
     async def payout_claim(
         self, scope: str, key: str, request: str, now: datetime
     ) -> tuple[PayoutEntry, bool]:
-        def claim(conn: sqlite3.Connection) -> tuple[PayoutEntry, bool]:
-            at = micros(now)
-            inserted = conn.execute(
-                "INSERT INTO payouts (scope, key, request, state, created_us, updated_us) "
-                "VALUES (?, ?, ?, 'intent', ?, ?) ON CONFLICT (scope, key) DO NOTHING",
-                (scope, key, request, at, at),
-            ).rowcount
-            row = conn.execute(
-                f"SELECT {_PAYOUT} FROM payouts WHERE scope = ? AND key = ?", (scope, key)
-            ).fetchone()
-            return _payout(row), inserted == 1
-
-        return await self._run(lambda conn: _write(conn, lambda: claim(conn)))
+        return await self._run(
+            lambda conn: _write(conn, lambda: payouts.claim(conn, scope, key, request, now))
+        )
 
     async def payout_settle(
         self,
@@ -365,52 +347,15 @@ class SQLiteStore(Store):
         now: datetime,
     ) -> None:
         def settle(conn: sqlite3.Connection) -> None:
-            where = (scope, key)
-            found = conn.execute("SELECT 1 FROM payouts WHERE scope = ? AND key = ?", where)
-            if found.fetchone() is None:
-                raise KeyError(key)
-            if state is None:
-                conn.execute("DELETE FROM payouts WHERE scope = ? AND key = ?", where)
-                return
-            if state not in PAYOUT_STATES:
-                raise ValueError(f"unknown payout state {state!r}")
-            if (
-                withdraw_id is not None
-                and conn.execute(
-                    "SELECT 1 FROM payouts WHERE scope = ? AND withdraw_id = ? AND key <> ?",
-                    (scope, withdraw_id, key),
-                ).fetchone()
-            ):
-                raise StoreError(f"withdrawal {withdraw_id!r} is already claimed by another key")
-            conn.execute(
-                "UPDATE payouts SET state = ?, result = ?, withdraw_id = ?, updated_us = ? "
-                "WHERE scope = ? AND key = ?",
-                (state, result, withdraw_id, micros(now), scope, key),
-            )
+            payouts.settle(conn, scope, key, state, result, withdraw_id, now)
 
         await self._run(lambda conn: _write(conn, lambda: settle(conn)))
 
     async def payouts_in(self, scope: str, state: str) -> list[PayoutEntry]:
-        def payouts_in(conn: sqlite3.Connection) -> list[PayoutEntry]:
-            # rowid breaks ties in claiming order, as MemoryStore's stable sort does.
-            rows = conn.execute(
-                f"SELECT {_PAYOUT} FROM payouts WHERE scope = ? AND state = ? "
-                "ORDER BY created_us, rowid",
-                (scope, state),
-            )
-            return [_payout(row) for row in rows]
-
-        return await self._run(payouts_in)
+        return await self._run(lambda conn: payouts.entries_in(conn, scope, state))
 
     async def payout_claimed_ids(self, scope: str) -> set[str]:
-        def claimed(conn: sqlite3.Connection) -> set[str]:
-            rows = conn.execute(
-                "SELECT withdraw_id FROM payouts WHERE scope = ? AND withdraw_id IS NOT NULL",
-                (scope,),
-            )
-            return {withdraw_id for (withdraw_id,) in rows}
-
-        return await self._run(claimed)
+        return await self._run(lambda conn: payouts.claimed_ids(conn, scope))
 
     # -- several workers ------------------------------------------------------------
 
