@@ -1,9 +1,11 @@
 """Issue 13: what a store costs the Reconciler (in-process, SQLite on the local disk).
 
 * Steady poll: the Reconciler's poll path with a store, ``MutationClient.fetch()``
-  (the same 1,000-row answer again, every row seen), ``engine.ingest`` and what
-  the loop expires, then the commit the Reconciler makes (``Keeper.fetched`` and
-  ``Keeper.commit``, the real code path), ``SQLiteStore`` against ``MemoryStore``.
+  (the same 1,000-row answer again, every row seen), the read of what other
+  workers stored (``Keeper.catch_up``), ``engine.ingest`` and what the loop
+  expires, then the commit the Reconciler makes (``Keeper.fetched`` and
+  ``Keeper.commit``, the real code path, fenced by the lease and renewing it),
+  ``SQLiteStore`` against ``MemoryStore``.
 * Cold poll commit per new row: 1,000 new rows paying 50 invoices, ingested
   (untimed) and committed (timed) into an ``SQLiteStore`` already holding 100 or
   100,000 open invoices; the commit should cost what changed, not the state.
@@ -11,8 +13,9 @@
   gateway, with either store (the background poll is held off: ttl 1 h).
 * Database size: bytes of the SQLite file (WAL checkpointed away on close) per
   open invoice and per remembered row key, against their JSON.
-* Lease and commit per poll on PostgreSQL: what a polling Reconciler asks of its
-  store at each steady poll (renew the lease, then the fenced commit),
+* Store work per poll on PostgreSQL: what a polling Reconciler asks of its
+  store at each steady poll (its lease only when no commit renewed it lately,
+  the read of what others stored, the fenced commit that renews the lease),
   ``PostgresStore`` against ``MemoryStore``. Only with a server: the DSN in
   ``QRISPAY_TEST_POSTGRES`` or ``--postgres DSN``; without one the figure says
   it was skipped. It runs in a fresh schema, dropped afterwards.
@@ -120,9 +123,11 @@ async def _steady(cfg: Config, directory: Path) -> Figure:
             ticks = _Ticks()
 
             async def poll() -> None:
-                # Reconciler._poll: fetch, ingest, expire what is due, commit.
+                # Reconciler._poll: fetch, take what others stored, ingest,
+                # expire what is due, commit.
                 started = ticks()
                 batch = await feed.fetch(max_retries=0)
+                await keeper.catch_up(engine, _publish)
                 events = engine.ingest(batch, now=NOW, rejected=batch.rejected)
                 cutoff = started - engine.skew
                 events += engine.expire(now=cutoff, invoice_ids=engine.due_for_expiry(cutoff))
@@ -324,7 +329,7 @@ async def _sizes(cfg: Config, directory: Path) -> list[Figure]:
 
 #: Where the PostgreSQL figure finds its server (``--postgres DSN`` sets it too).
 POSTGRES_ENV = "QRISPAY_TEST_POSTGRES"
-_POSTGRES_NAME = "lease + commit/poll (steady, fenced), PostgresStore vs MemoryStore"
+_POSTGRES_NAME = "store work/poll (lease, catch-up, fenced commit), PostgresStore vs MemoryStore"
 
 
 def _drop_schema(dsn: str, schema: str) -> None:
@@ -369,7 +374,12 @@ async def _postgres(cfg: Config) -> Figure:
                     events = engine.ingest(batch, now=NOW, rejected=batch.rejected)
                     keeper.fetched(started, schedule)
                     with Timer() as t:
-                        assert await keeper.claim_lease()
+                        # What a polling Reconciler asks of its store per poll:
+                        # its lease (only when no commit renewed it lately), the
+                        # invoices others stored, then the commit, which renews.
+                        if not keeper.lease_fresh():
+                            assert await keeper.claim_lease()
+                        await keeper.catch_up(engine, _publish)
                         await keeper.commit(engine, events, _publish)
                     if timer is not None:
                         timer.elapsed = t.elapsed
