@@ -32,13 +32,18 @@ CANCEL_BUDGET = 30.0
 
 async def create_at_gateway(
     gateway: GatewayClient,
-    engine: ReconciliationEngine,
+    current_engine: Callable[[], ReconciliationEngine],
     amount: int,
     *,
     clock: Callable[[], datetime],
     on_tracked: Callable[[], None],
 ) -> Invoice:
-    """A gateway invoice, tracked by ``engine`` (``on_tracked`` is called then).
+    """A gateway invoice, tracked by the engine ``current_engine()`` gives once
+    the gateway has answered (``on_tracked`` is called then).
+
+    Asked after the answer, not before the request: a worker on a store replaces
+    its engine when it reloads (a lease taken over or lost), and an invoice
+    tracked in the replaced one would be stored by no one.
 
     A taken total is replaced by a new invoice before the taken one is
     cancelled; after ``MAX_CREATIONS`` creations, ``TotalConflictError``.
@@ -47,6 +52,7 @@ async def create_at_gateway(
     try:
         for _ in range(MAX_CREATIONS):
             invoice = await gateway.create_invoice(amount)
+            engine = current_engine()
             _refuse_a_tracked_id(engine, invoice, amount)
             try:
                 engine.track(invoice, now=clock())

@@ -25,7 +25,7 @@ from ._codec import dump_time, load_record
 from ._journal import Journal
 from ._replay import PAGE
 from .engine import ReconciliationEngine
-from .errors import TotalConflictError
+from .errors import LeaseLostError, TotalConflictError
 from .events import Event
 from .polling import Schedule
 from .store._base import Lease, Store
@@ -174,6 +174,13 @@ class Keeper:
             try:
                 poller = self.poller if self.polling else None
                 await self._write(engine, pending, journal=journal, poller=poller)
+            except LeaseLostError:
+                # Refused by the fence: what was judged goes, with its events, for the
+                # next holder to judge again. Given back, the next commit before the
+                # reload (a flush, a gateway check) would write it unfenced and
+                # without its events: an invoice stored paid with no paid event.
+                self.lost()
+                raise
             except BaseException:
                 self._give(engine, journal)
                 self._pending[:0] = pending

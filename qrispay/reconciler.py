@@ -457,7 +457,7 @@ class Reconciler(StoreLoop):
     async def _make_invoice(self, amount: int) -> Invoice:
         if self.gateway is not None:
             return await create_at_gateway(
-                self.gateway, self.engine, amount, clock=self._now, on_tracked=self._poke
+                self.gateway, lambda: self.engine, amount, clock=self._now, on_tracked=self._poke
             )
         assert self.static_qris is not None
         invoice = create_local(
