@@ -15,10 +15,10 @@ import anyio
 from ._hub import EventHub, paid_or_raise
 from ._issuing import CANCEL_BUDGET, MAX_CREATIONS, cancel_quietly, create_at_gateway, create_local
 from ._keeper import Keeper
-from .errors import InvoiceStateConflictError, TotalConflictError
+from .errors import StoreError, TotalConflictError
 from .events import Event, InvoicePaid
 from .gateway import GatewayClient
-from .models import Invoice
+from .models import Invoice, InvoiceStatus
 
 if TYPE_CHECKING:
     from .engine import ReconciliationEngine
@@ -48,7 +48,7 @@ class InvoiceMethods:
         def _publish(self, events: list[tuple[int, Event]]) -> None: ...
         async def _commit(
             self, events: list[Event], fetch_started: datetime | None = None
-        ) -> None: ...
+        ) -> bool: ...
 
     def track(self, invoice: Invoice) -> None:
         """Watch an invoice made elsewhere (``TotalConflictError`` if its total is taken).
@@ -56,7 +56,9 @@ class InvoiceMethods:
         Without a store, track the invoices you already have before the first
         poll, so a payment made while the service was down still pays them.
         With a store, the invoice is committed with the next poll at the
-        latest; ``await rec.flush()`` to know it is.
+        latest; ``await rec.flush()`` to know it is. With several workers,
+        flush before the customer can pay: until it is stored, a poller in
+        another worker does not know it and would call its payment unmatched.
         """
         self.engine.track(invoice, now=self._now())
         self._poke()
@@ -127,7 +129,12 @@ class InvoiceMethods:
     async def _make_invoice(self, amount: int, made: list[Invoice]) -> Invoice:
         if self.gateway is not None:
             return await create_at_gateway(
-                self.gateway, self.engine, amount, clock=self._now, on_tracked=self._poke, made=made
+                self.gateway,
+                lambda: self.engine,
+                amount,
+                clock=self._now,
+                on_tracked=self._poke,
+                made=made,
             )
         assert self.static_qris is not None
         invoice = create_local(
@@ -157,15 +164,17 @@ class InvoiceMethods:
             raise KeyError(invoice_id)
         if self.gateway is not None:
             await self.gateway.cancel_invoice(invoice_id)
-        events = self.engine.cancel(invoice_id, now=self._now())
-        try:
-            await self._commit(events)
-        except InvoiceStateConflictError:
-            # Closed by another worker first (paid, or expired): that close stands.
-            assert self._keeper is not None
-            self._engine = await self._keeper.reload()
-            return []
-        return events
+        for _ in range(2):
+            events = self.engine.cancel(invoice_id, now=self._now())
+            if await self._commit(events):
+                return events
+            # Refused: another worker closed it first (paid, or expired), and that
+            # close stands; or this worker's lease went with what it judged, and
+            # it is cancelled again on what the store holds, if still open there.
+            if self.engine.state_of(invoice_id) is not InvoiceStatus.PENDING:
+                return []
+        # Only when the store could not even be read back after the refusal.
+        raise StoreError(f"the cancellation of {invoice_id!r} could not be stored; try again")
 
     async def refresh(self) -> None:
         """Take what other workers on the store committed (their invoices, their

@@ -32,14 +32,19 @@ CANCEL_BUDGET = 30.0
 
 async def create_at_gateway(
     gateway: GatewayClient,
-    engine: ReconciliationEngine,
+    current_engine: Callable[[], ReconciliationEngine],
     amount: int,
     *,
     clock: Callable[[], datetime],
     on_tracked: Callable[[], None],
     made: list[Invoice] | None = None,
 ) -> Invoice:
-    """A gateway invoice, tracked by ``engine`` (``on_tracked`` is called then).
+    """A gateway invoice, tracked by the engine ``current_engine()`` gives once
+    the gateway has answered (``on_tracked`` is called then).
+
+    Asked after the answer, not before the request: a worker on a store replaces
+    its engine when it reloads (a lease taken over or lost), and an invoice
+    tracked in the replaced one would be stored by no one.
 
     A taken total is replaced by a new invoice before the taken one is
     cancelled; after ``MAX_CREATIONS`` creations, ``TotalConflictError``.
@@ -54,6 +59,7 @@ async def create_at_gateway(
         while len(made) < MAX_CREATIONS:
             invoice = await gateway.create_invoice(amount)
             made.append(invoice)
+            engine = current_engine()
             _refuse_a_tracked_id(engine, invoice, amount)
             try:
                 engine.track(invoice, now=clock())

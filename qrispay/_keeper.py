@@ -22,13 +22,15 @@ import anyio
 import attrs
 
 from . import _durable
+from ._book import Tracked
 from ._codec import dump_time, load_record
 from ._journal import Journal
 from ._replay import PAGE
 from ._state import State
 from .engine import ReconciliationEngine
-from .errors import TotalConflictError
+from .errors import LeaseLostError, TotalConflictError
 from .events import Event
+from .models import InvoiceStatus
 from .polling import Schedule
 from .store._base import Lease, SeededMeanwhile, Store
 
@@ -119,9 +121,16 @@ class Keeper:
             self.poller["holds"] = 1
         return engine
 
-    async def reload(self) -> ReconciliationEngine:
+    async def reload(self, current: ReconciliationEngine | None = None) -> ReconciliationEngine:
         """The engine as the store holds it now (for a new lease holder, or after
-        a commit the store refused). Changes not stored are dropped."""
+        a commit the store refused). Changes not stored are dropped, but for the
+        invoices ``current`` tracked (``track()``, ``create_invoice``): those are
+        claimed in the store first, and any tracked while it is read are claimed
+        after and taken in, so a reload never forgets an invoice a caller holds."""
+        if current is not None:
+            async with self._lock:
+                await self._claim(current)
+        times = dict(self.poller)
         _, version = await self.store.records_since(self.merchant, 2**62)
         state = await self.store.load(self.merchant)
         if state is None:
@@ -130,6 +139,15 @@ class Keeper:
         self._own.clear()
         self.behind = False
         engine = self._engine_from(state)
+        # A fetch whose commit was refused or failed still began a cache window.
+        for key in ("last_fetch", "not_before"):
+            self.poller[key] = _later(self.poller.get(key), times.get(key))
+        if current is not None:
+            async with self._lock:
+                await self._claim(current)
+            records, version = await self.store.records_since(self.merchant, version)
+            for text in records:
+                engine._book.replace(load_record(json.loads(text)))
         self.records_version = max(self.records_version, version)
         return engine
 
@@ -149,14 +167,15 @@ class Keeper:
         )
         return self.lease is not None
 
-    def lease_fresh(self) -> bool:
-        """Held, with more than half of ``lease_ttl`` left by this worker's clock:
-        nobody else can have taken it (a lease is taken only once lapsed)."""
+    def lease_fresh(self, margin: float = 0.0) -> bool:
+        """Held, with more than half of ``lease_ttl`` (and more than ``margin``
+        seconds) left by this worker's clock: nobody else can have taken it (a
+        lease is taken only once lapsed), nor will before a fetch begun now ends."""
         lease = self.lease
         if lease is None:
             return False
         left = (lease.expires_at - self._clock()).total_seconds()
-        return left > self.lease_ttl / 2
+        return left > max(self.lease_ttl / 2, margin)
 
     async def release_lease(self) -> None:
         lease, self.lease = self.lease, None
@@ -196,6 +215,13 @@ class Keeper:
             try:
                 poller = self.poller if self.polling else None
                 await self._write(engine, pending, journal=journal, poller=poller)
+            except LeaseLostError:
+                # Refused by the fence: what was judged goes, with its events, for the
+                # next holder to judge again. Given back, the next commit before the
+                # reload (a flush, a gateway check) would write it unfenced and
+                # without its events: an invoice stored paid with no paid event.
+                self.lost()
+                raise
             except BaseException:
                 self._give(engine, journal)
                 self._pending[:0] = pending
@@ -211,10 +237,20 @@ class Keeper:
         batch = sorted(invoice_id for invoice_id in journal.new if invoice_id in records)
         if not batch:
             return
+        rows = []
+        judged: set[str] = set()
+        for invoice_id in batch:
+            record = records[invoice_id]
+            if record.state is not State.OPEN:
+                # Closed since it was tracked (paid by the poll now committing, say):
+                # claimed as tracked, open, since a claim is not fenced. Its close
+                # goes in the fenced write that follows, with its event, or not at all.
+                record = _as_tracked(record)
+                judged.add(invoice_id)
+            rows.append(_durable.record_row(engine, record))
         # Taken out before the await: a change made to one meanwhile notes it again.
-        rows = [_durable.record_row(engine, records[invoice_id]) for invoice_id in batch]
         journal.new -= set(batch)
-        journal.records -= set(batch)
+        journal.records -= set(batch) - judged
         try:
             refused = await self.store.claim_invoices(self.merchant, rows, now=self._clock())
         except BaseException:
@@ -320,3 +356,15 @@ class Keeper:
             if left > 0 and math.isfinite(left):
                 schedule.failures = max(schedule.failures, 1)
                 schedule.backoff = max(left + max(0.0, elapsed), schedule.policy.interval)
+
+
+def _as_tracked(record: Tracked) -> Tracked:
+    """``record`` as it was when it was tracked: open, nothing owed."""
+    return Tracked(attrs.evolve(record.invoice, status=InvoiceStatus.PENDING), record.start)
+
+
+def _later(first: str | None, second: str | None) -> str | None:
+    """The later of two stored times (UTC ISO text, or None)."""
+    if first is None or second is None:
+        return first or second
+    return max(first, second, key=datetime.fromisoformat)

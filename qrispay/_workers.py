@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -92,17 +91,28 @@ class StoreLoop:
         """A follower's round: store its own changes, take what others wrote, try
         the lease. Its changes go first, so a new holder starts from them."""
         keeper = self._kept()
+        stored = True
         try:
             await keeper.commit(self.engine, [], self._publish)
+        except InvoiceStateConflictError as error:
+            # Another worker closed an invoice first; that close stands.
+            logger.warning("another worker closed an invoice first; reading the store: %s", error)
+            await self._reload()
+        except Exception as error:
+            logger.warning("could not store this worker's changes: %s", error)
+            stored = False
+        try:
+            # Others' events are taken even while this worker's own changes wait.
             await keeper.catch_up(self.engine, self._publish)
-            return await keeper.claim_lease()
+            # Not with changes of its own unstored: a new holder starts from the store.
+            return stored and await keeper.claim_lease()
         except Exception as error:
             logger.warning("could not reach the store: %s", error)
             return False
 
     async def _take_over(self) -> None:
         keeper = self._kept()
-        self._engine = await keeper.reload()
+        self._engine = await keeper.reload(self._engine)
         keeper.resume(self._schedule, self._now())
         logger.info("worker %s now polls merchant %s", keeper.holder, keeper.merchant)
 
@@ -141,7 +151,9 @@ class StoreLoop:
         try:
             # Each poll's commit renews the lease; a store round trip only when
             # that has not happened for a while (commits failing, a long idle).
-            if not keeper.lease_fresh() and not await keeper.claim_lease():
+            # Fresh enough to last through the fetch and its commit, by a margin.
+            margin = self._schedule.policy.interval + FOLLOW_INTERVAL
+            if not keeper.lease_fresh(margin) and not await keeper.claim_lease():
                 await self._lease_lost()
                 return False
             if keeper.behind:
@@ -179,7 +191,7 @@ class StoreLoop:
             await self._lease_lost()
         except InvoiceStateConflictError as error:
             logger.warning("another worker closed an invoice first; judging again: %s", error)
-            await self._reload(keeper.reload)
+            await self._reload()
         except Exception as error:
             self._count_commit_failure(error)
 
@@ -191,17 +203,22 @@ class StoreLoop:
             keeper.merchant,
         )
         keeper.lost()
-        await self._reload(keeper.reload)
+        await self._reload()
 
-    async def _reload(self, reload: Callable[[], Awaitable[ReconciliationEngine]]) -> None:
+    async def _reload(self) -> None:
         try:
-            self._engine = await reload()
+            self._engine = await self._kept().reload(self._engine)
         except Exception as error:
             logger.error("could not read the store back: %s", error)
 
     async def _release(self) -> None:
         keeper = self._keeper
         if keeper is None or not keeper.polling:
+            return
+        if keeper.behind:
+            # The last fetch's time is not stored: released now, the next holder
+            # could fetch inside the window it began. It lapses after lease_ttl.
+            logger.warning("not releasing the poll lease: the last poll is not stored")
             return
         # Shielded: a clean stop hands the lease on at once, not after lease_ttl.
         with anyio.CancelScope(shield=True):

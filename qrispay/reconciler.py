@@ -35,10 +35,7 @@ from ._replay import ReplaySubscription
 from ._stats import ReconcilerStats
 from ._workers import StoreLoop
 from .engine import ReconciliationEngine
-from .errors import (
-    QrispayError,
-    RateLimitError,
-)
+from .errors import InvoiceStateConflictError, LeaseLostError, QrispayError, RateLimitError
 from .events import Event
 from .gateway import GatewayClient
 from .models import MutationBatch
@@ -301,17 +298,31 @@ class Reconciler(InvoiceMethods, StoreLoop):
         events = self.engine.ingest(batch, now=now, rejected=batch.rejected)
         return events + self._expire_due(fetch_started)
 
-    async def _commit(self, events: list[Event], fetch_started: datetime | None = None) -> None:
+    async def _commit(self, events: list[Event], fetch_started: datetime | None = None) -> bool:
         """Store, then publish (without a store: publish). A poll's commit that
-        fails is logged; its changes and events wait for the next commit."""
+        fails is logged; its changes and events wait for the next commit.
+        False: this worker's lease went meanwhile, so the store refused what it
+        judged as poller, and it now follows the store (docs/design.md, "Several
+        workers", rule 2); new invoices were claimed before the refusal."""
         if self._keeper is None:
             self._publish([(0, event) for event in events])
-            return
+            return True
         if fetch_started is not None:
             self._keeper.fetched(fetch_started, self._schedule)
             await self._commit_poll(events)
-            return
-        await self._keeper.commit(self.engine, events, self._publish)
+            return True
+        try:
+            await self._keeper.commit(self.engine, events, self._publish)
+        except LeaseLostError:
+            await self._lease_lost()
+            return False
+        except InvoiceStateConflictError as error:
+            # Another worker closed an invoice first: that close stands. What this
+            # worker had not stored is dropped (new invoices are claimed first).
+            logger.warning("another worker closed an invoice first; reading the store: %s", error)
+            await self._reload()
+            return False
+        return True
 
     def _count_commit_failure(self, error: Exception) -> None:
         self.stats.commit_failures += 1

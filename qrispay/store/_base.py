@@ -113,8 +113,9 @@ class Changes:
     nothing written, unless that is the merchant's lease now; ``lease_until``
     (UTC microseconds, with ``fence``) then renews that lease to at least that
     time in the same transaction, so a poll costs one transaction. ``if_open``: ids of
-    ``records`` written only if the stored invoice is still open, else the
-    commit is refused with ``InvoiceStateConflictError`` (a close decided by a
+    ``records`` written only if the stored invoice is still open (or already
+    exactly as written: a retry after a lost answer), else the commit is
+    refused with ``InvoiceStateConflictError`` (a close decided by a
     worker that does not poll must not undo one the poller committed).
     ``first``: the merchant's first state, written only if the store holds no
     meta for it yet, else refused with ``SeededMeanwhile`` (two workers
@@ -139,6 +140,13 @@ class Changes:
 class SeededMeanwhile(StoreError):
     """A ``first`` commit found that another worker stored the merchant's first
     state meanwhile: nothing was written; read the store instead."""
+
+
+def written(changes: Changes) -> dict[str, tuple[str, str, int] | None]:
+    """``(state, json, holds_until)`` each ``if_open`` id is to be written as (the
+    last write wins; None for one not written)."""
+    rows = {row[0]: (row[2], row[3], row[4]) for row in changes.records}
+    return {invoice_id: rows.get(invoice_id) for invoice_id in changes.if_open}
 
 
 def prepare(changes: Changes) -> tuple[str | None, list[Any]]:

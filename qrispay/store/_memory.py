@@ -31,6 +31,7 @@ from ._base import (
     from_micros,
     micros,
     prepare,
+    written,
 )
 
 __all__ = ["MemoryStore"]
@@ -115,9 +116,10 @@ class MemoryStore(Store):
                 if changes.lease_until is not None:
                     until = from_micros(changes.lease_until)
                     renewed = attrs.evolve(lease, expires_at=max(until, lease.expires_at))
+            texts = written(changes)
             for invoice_id in changes.if_open:
                 row = None if state is None else state.records.get(invoice_id)
-                if row is not None and row[1] != "open":
+                if row is not None and row[1] != "open" and row[1:] != texts[invoice_id]:
                     raise InvoiceStateConflictError(
                         f"invoice {invoice_id!r} was closed by another worker first"
                     )

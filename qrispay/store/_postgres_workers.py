@@ -26,6 +26,7 @@ from ._base import (
     StoredEvent,
     from_micros,
     micros,
+    written,
 )
 
 __all__ = [
@@ -119,14 +120,16 @@ def check_fence(cur: Any, merchant: str, fence: tuple[str, int], until_us: int |
         )
 
 
-def check_open(cur: Any, merchant: str, invoice_ids: frozenset[str]) -> None:
+def check_open(cur: Any, merchant: str, texts: dict[str, tuple[str, str, int] | None]) -> None:
+    """``texts``: what each id is to be written as; already stored so, it is no
+    conflict (a retry of a commit whose answer was lost)."""
     cur.execute(
-        """SELECT invoice_id, state FROM invoices
+        """SELECT invoice_id, state, record, holds_until_us FROM invoices
         WHERE merchant = %s AND invoice_id = ANY(%s::text[]) ORDER BY invoice_id FOR UPDATE""",
-        (merchant, sorted(invoice_ids)),
+        (merchant, sorted(texts)),
     )
-    for invoice_id, state in cur.fetchall():
-        if state != "open":
+    for invoice_id, state, record, holds in cur.fetchall():
+        if state != "open" and (state, record, holds) != texts[invoice_id]:
             raise InvoiceStateConflictError(
                 f"invoice {invoice_id!r} was closed by another worker first"
             )
@@ -140,7 +143,7 @@ def apply(
     if changes.fence is not None:
         check_fence(cur, merchant, changes.fence, changes.lease_until)
     if changes.if_open:
-        check_open(cur, merchant, changes.if_open)
+        check_open(cur, merchant, written(changes))
     if changes.first:
         cur.execute("SELECT meta FROM merchants WHERE merchant = %s", (merchant,))
         found = cur.fetchone()

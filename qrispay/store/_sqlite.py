@@ -39,6 +39,7 @@ from ._base import (
     from_micros,
     micros,
     prepare,
+    written,
 )
 
 __all__ = ["SQLiteStore"]
@@ -230,7 +231,7 @@ class SQLiteStore(Store):
         if changes.fence is not None:
             workers.check_fence(conn, merchant, changes.fence, changes.lease_until)
         if changes.if_open:
-            workers.check_open(conn, merchant, changes.if_open)
+            workers.check_open(conn, merchant, written(changes))
         # Each step touches only what changed: no statement reads or rewrites a
         # merchant's whole state, so a commit costs what it commits.
         if changes.first:

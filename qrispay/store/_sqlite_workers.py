@@ -83,13 +83,18 @@ def check_fence(
         )
 
 
-def check_open(conn: sqlite3.Connection, merchant: str, invoice_ids: frozenset[str]) -> None:
-    for invoice_id in sorted(invoice_ids):
+def check_open(
+    conn: sqlite3.Connection, merchant: str, texts: dict[str, tuple[str, str, int] | None]
+) -> None:
+    """``texts``: what each id is to be written as; already stored so, it is no
+    conflict (a retry of a commit whose answer was lost)."""
+    for invoice_id in sorted(texts):
         row = conn.execute(
-            "SELECT state FROM invoices WHERE merchant = ? AND invoice_id = ?",
+            "SELECT state, record, holds_until_us FROM invoices"
+            " WHERE merchant = ? AND invoice_id = ?",
             (merchant, invoice_id),
         ).fetchone()
-        if row is not None and row[0] != "open":
+        if row is not None and row[0] != "open" and tuple(row) != texts[invoice_id]:
             raise InvoiceStateConflictError(
                 f"invoice {invoice_id!r} was closed by another worker first"
             )
