@@ -146,7 +146,7 @@ def open_store(args: argparse.Namespace) -> Store:
         # The Postgres store is an extra and may not be built yet.
         from qrispay.store import PostgresStore  # type: ignore[attr-defined]
 
-        store: Store = PostgresStore(args.postgres)
+        store: Store = PostgresStore(args.postgres, schema=args.schema)
         return store
     return SQLiteStore(args.db)
 
@@ -251,6 +251,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--db", help="a SQLite file")
     where.add_argument("--postgres", help="a Postgres DSN")
+    p.add_argument("--schema", default="qrispay", help="the Postgres store's schema")
     p.add_argument("--dir", required=True, help="where the logs go")
     p.add_argument("--worker-id", required=True)
     p.add_argument("--life", type=int, default=0, help="how many times it was started before")
