@@ -7,11 +7,12 @@ A MemoryStore object shared by the workers stands for a shared database; with
 SQLite each worker opens the file with its own store, as separate processes do.
 """
 
+# ruff: noqa: F811 - new_store is test_restarts' fixture, imported by name
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,7 +28,6 @@ from qrispay import (
     InvoicePaid,
     LatePayment,
     LeaseLostError,
-    MemoryStore,
     Mutation,
     MutationBatch,
     MutationType,
@@ -37,9 +37,10 @@ from qrispay import (
 )
 from qrispay._workers import FOLLOW_INTERVAL
 from qrispay.models import JAKARTA
-from qrispay.store import Changes, SQLiteStore, Store, StoredEvent
+from qrispay.store import Changes, Store, StoredEvent
 
 from .test_reconciler import INTERVAL, World, _invoice, _static_qris, virtual_backend
+from .test_restarts import new_store  # noqa: F401 - a fixture: one worker's handle on the shared data
 from .virtual_time import hold_time_during_threads
 
 pytestmark = pytest.mark.anyio
@@ -63,22 +64,6 @@ def anyio_backend(request: pytest.FixtureRequest, store_kind: str) -> tuple[str,
 @pytest.fixture(autouse=True)
 def _threads_hold_time(monkeypatch: pytest.MonkeyPatch) -> None:
     hold_time_during_threads(monkeypatch)
-
-
-@pytest.fixture
-async def new_store(store_kind: str, tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
-    """One worker's handle on the shared data."""
-    memory = MemoryStore()
-    made: list[Store] = []
-
-    def make() -> Store:
-        store = memory if store_kind == "memory" else SQLiteStore(tmp_path / "shared.db")
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        await store.aclose()
 
 
 @pytest.fixture
