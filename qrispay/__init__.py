@@ -45,6 +45,7 @@ from .events import (
     UnknownRow,
     UnmatchedCredit,
 )
+from .fleet import Fleet, FleetEvent, FleetStatus, FleetSubscription
 from .gateway import GatewayClient, GatewayEndpoints
 from .models import (
     JAKARTA,
@@ -109,6 +110,10 @@ __all__ = [
     "PollPolicy",
     "QrispayError",
     "RateLimitError",
+    "Fleet",
+    "FleetEvent",
+    "FleetStatus",
+    "FleetSubscription",
     "Reconciler",
     "ReconcilerStoppedError",
     "ReconcilerStats",

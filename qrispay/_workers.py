@@ -26,13 +26,22 @@ from .polling import Schedule
 if TYPE_CHECKING:
     from .engine import ReconciliationEngine
 
-__all__ = ["FOLLOW_INTERVAL", "StoreLoop"]
+__all__ = ["FOLLOW_INTERVAL", "StoreLoop", "check_follow_interval"]
 
 logger = logging.getLogger("qrispay.reconciler")
 
 #: Seconds between two looks at the store by a worker that does not poll (and
 #: by the poller while it waits): how soon others' events and a lapsed lease show.
 FOLLOW_INTERVAL = 1.0
+
+
+def check_follow_interval(seconds: object, lease_ttl: float) -> None:
+    """``follow_interval`` is positive and at most ``lease_ttl / 3``: the lease is
+    renewed at the end of a pause at the latest."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError("follow_interval must be a number of seconds")
+    if not 0 < seconds <= lease_ttl / 3:
+        raise ValueError("follow_interval must be positive and at most lease_ttl / 3")
 
 
 class StoreLoop:
@@ -42,6 +51,9 @@ class StoreLoop:
     _engine: ReconciliationEngine | None
     _schedule: Schedule
     lease_ttl: float
+    follow_interval: float
+    _first_fetch_delay: float
+    _in_flight: datetime | None
     _wake: anyio.Event
 
     if TYPE_CHECKING:
@@ -77,7 +89,7 @@ class StoreLoop:
                     if not started:
                         task_status.started()
                         started = True
-                    await self._pause(FOLLOW_INTERVAL)
+                    await self._pause(self.follow_interval)
                     continue
             fatal = await self._poll(first=not started)
             if fatal is not None:
@@ -114,6 +126,11 @@ class StoreLoop:
         keeper = self._kept()
         self._engine = await keeper.reload(self._engine)
         keeper.resume(self._schedule, self._now())
+        if self._first_fetch_delay and not keeper.poller.get("last_fetch"):
+            # A merchant never fetched: its first fetch at the phase its fleet gave
+            # it, so merchants taken at once do not all fetch at once.
+            interval = self._schedule.policy.interval
+            self._schedule.started(anyio.current_time() - interval + self._first_fetch_delay)
         logger.info("worker %s now polls merchant %s", keeper.holder, keeper.merchant)
 
     async def _wait_polling(self, *, busy: bool = False) -> None:
@@ -127,10 +144,15 @@ class StoreLoop:
             left = self._schedule.next_start(busy=busy) - anyio.current_time()
             if left <= 0:
                 return
-            await self._pause(min(left, FOLLOW_INTERVAL))
+            await self._pause(min(left, self.follow_interval))
+            renew = anyio.current_time() - renewed >= self.lease_ttl / 3
+            if not renew and self._schedule.next_start(busy=busy) <= anyio.current_time():
+                # The poll due now catches up before it judges, and its commit
+                # renews the lease: a read here would only repeat its work.
+                return
             try:
                 await keeper.catch_up(self.engine, self._publish)
-                if anyio.current_time() - renewed >= self.lease_ttl / 3:
+                if renew:
                     renewed = anyio.current_time()
                     if not await keeper.claim_lease():
                         await self._lease_lost()
@@ -215,13 +237,23 @@ class StoreLoop:
         keeper = self._keeper
         if keeper is None or not keeper.polling:
             return
-        if keeper.behind:
-            # The last fetch's time is not stored: released now, the next holder
-            # could fetch inside the window it began. It lapses after lease_ttl.
-            logger.warning("not releasing the poll lease: the last poll is not stored")
-            return
         # Shielded: a clean stop hands the lease on at once, not after lease_ttl.
         with anyio.CancelScope(shield=True):
+            if self._in_flight is not None:
+                # Stopped during a fetch, which may have reached the server: its
+                # start is stored first, or the next holder could fetch inside
+                # the window it began.
+                keeper.fetched(self._in_flight, self._schedule)
+                self._in_flight = None
+                try:
+                    await keeper.commit(self.engine, [], self._publish)
+                except Exception as error:
+                    logger.warning("could not store the last fetch's time: %s", error)
+            if keeper.behind:
+                # The last fetch's time is not stored: released now, the next holder
+                # could fetch inside the window it began. It lapses after lease_ttl.
+                logger.warning("not releasing the poll lease: the last poll is not stored")
+                return
             try:
                 await keeper.release_lease()
             except Exception as error:

@@ -33,7 +33,7 @@ from ._issuing import MAX_CREATIONS as MAX_CREATIONS
 from ._keeper import Keeper
 from ._replay import ReplaySubscription
 from ._stats import ReconcilerStats
-from ._workers import StoreLoop
+from ._workers import FOLLOW_INTERVAL, StoreLoop, check_follow_interval
 from .engine import ReconciliationEngine
 from .errors import InvoiceStateConflictError, LeaseLostError, QrispayError, RateLimitError
 from .events import Event
@@ -91,6 +91,7 @@ class Reconciler(InvoiceMethods, StoreLoop):
         store: Store | None = None,
         lease_ttl: float = 90.0,
         worker_id: str | None = None,
+        follow_interval: float | None = None,
     ):
         if static_qris is not None:
             qris.parse(static_qris)  # a bad payload fails here, not at the first invoice
@@ -101,6 +102,10 @@ class Reconciler(InvoiceMethods, StoreLoop):
             raise TypeError("lease_ttl must be a number of seconds")
         if not lease_ttl > policy.interval:
             raise ValueError("lease_ttl must be longer than the poll interval (ttl + margin)")
+        if follow_interval is None:
+            # Once a second, or more often under a lease too short for that.
+            follow_interval = min(FOLLOW_INTERVAL, lease_ttl / 3)
+        check_follow_interval(follow_interval, lease_ttl)
         if store is not None and not isinstance(store, Store):
             raise TypeError(f"store must be a qrispay Store, not {type(store).__name__}")
         self.feed = feed
@@ -113,6 +118,7 @@ class Reconciler(InvoiceMethods, StoreLoop):
         self._engine = engine
         self.store = store
         self.lease_ttl = float(lease_ttl)
+        self.follow_interval = float(follow_interval)
         # Unique per Reconciler unless given: the lease tells its holders apart by it.
         self.worker_id = worker_id or uuid.uuid4().hex[:16]
         self._keeper = (
@@ -132,6 +138,11 @@ class Reconciler(InvoiceMethods, StoreLoop):
         self._checking: set[str] = set()
         self._check_limiter = anyio.CapacityLimiter(GATEWAY_CHECKS_AT_ONCE)
         self._task_group: Any = None
+        # Set by a Fleet: where its events go besides this Reconciler's subscribers,
+        # and how long a merchant never fetched waits for its first fetch.
+        self._tap: Callable[[list[tuple[int, Event]]], None] | None = None
+        self._first_fetch_delay = 0.0
+        self._in_flight: datetime | None = None
 
     # -- the engine and the clock --------------------------------------------
 
@@ -263,21 +274,27 @@ class Reconciler(InvoiceMethods, StoreLoop):
         self._schedule.started(anyio.current_time())
         fetch_started = self._now()
         self.stats.polls += 1
+        # Cleared once the fetch ends; still set if the loop is stopped meanwhile.
+        self._in_flight = fetch_started
         try:
             batch = await self.feed.fetch(max_retries=0)
         except RateLimitError as error:
+            self._in_flight = None
             self._schedule.rate_limited(error.retry_after)
             self._failed(error, rate_limited=True)
         except FATAL_AT_START as error:
+            self._in_flight = None
             if first:
                 return error
             self._schedule.failed()
             self._failed(error)
         except Exception as error:
+            self._in_flight = None
             # Whatever went wrong, the loop goes on; the schedule backs off.
             self._schedule.failed()
             self._failed(error)
         else:
+            self._in_flight = None
             if self._keeper is not None and not await self._after_fetch():
                 self._keeper.fetched(fetch_started, self._schedule)
                 return None
@@ -391,6 +408,8 @@ class Reconciler(InvoiceMethods, StoreLoop):
             name = type(event).__name__
             counts[name] = counts.get(name, 0) + 1
         self._hub.publish(events)
+        if self._tap is not None:
+            self._tap(events)
 
     @overload
     def events(self, *, after: None = None, buffer: int | None = None) -> EventSubscription: ...

@@ -70,6 +70,21 @@ async def test_leases_are_per_merchant(store: Store) -> None:
     assert await store.claim_lease("m2", "b", None, now=at(0), ttl=TTL) is not None
 
 
+async def test_leases_lists_every_lease_live_or_lapsed(store: Store) -> None:
+    assert await store.leases() == {}
+    one = await store.claim_lease("m1", "a", None, now=at(0), ttl=TTL)
+    two = await store.claim_lease("m2", "b", None, now=at(10), ttl=TTL)
+    assert one is not None
+    assert two is not None
+    await store.release_lease("m2", "b", two.epoch)
+    leases = await store.leases()
+    assert set(leases) == {"m1", "m2"}
+    assert (leases["m1"].holder, leases["m1"].epoch) == ("a", one.epoch)
+    assert leases["m1"].expires_at == at(TTL)
+    assert leases["m2"].holder == "b"
+    assert leases["m2"].expires_at < at(10), "a released lease lists as lapsed"
+
+
 async def test_a_released_lease_is_taken_at_once(store: Store) -> None:
     lease = await store.claim_lease("m", "a", None, now=at(0), ttl=TTL)
     assert lease is not None

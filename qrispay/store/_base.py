@@ -271,6 +271,11 @@ class Store(abc.ABC):
         """Let the lease lapse now, if ``holder`` still holds it at ``epoch``."""
 
     @abc.abstractmethod
+    async def leases(self) -> dict[str, Lease]:
+        """Every lease the store holds, live or lapsed, keyed by merchant (what a
+        ``Fleet`` reads to share merchants out): one read, however many."""
+
+    @abc.abstractmethod
     async def claim_invoices(
         self, merchant: str, claims: list[tuple[str, int, str, str, int]], *, now: datetime
     ) -> dict[str, str]:

@@ -196,6 +196,14 @@ class MemoryStore(Store):
             ):
                 state.lease = Lease(holder, epoch, from_micros(0))
 
+    async def leases(self) -> dict[str, Lease]:
+        async with self._lock:
+            return {
+                merchant: state.lease
+                for merchant, state in self._merchants.items()
+                if state.lease is not None
+            }
+
     async def claim_invoices(
         self, merchant: str, claims: list[tuple[str, int, str, str, int]], *, now: datetime
     ) -> dict[str, str]:

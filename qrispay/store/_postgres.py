@@ -380,6 +380,9 @@ class PostgresStore(Store):
             )
         )
 
+    async def leases(self) -> dict[str, Lease]:
+        return await self._run(lambda conn: _read(conn, workers.leases))
+
     async def claim_invoices(
         self, merchant: str, claims: list[tuple[str, int, str, str, int]], *, now: datetime
     ) -> dict[str, str]:

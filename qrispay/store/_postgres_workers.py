@@ -273,6 +273,11 @@ def release_lease(cur: Any, merchant: str, holder: str, epoch: int) -> None:
     )
 
 
+def leases(cur: Any) -> dict[str, Lease]:
+    cur.execute("SELECT merchant, holder, epoch, expires_us FROM leases")
+    return {row[0]: Lease(row[1], int(row[2]), from_micros(row[3])) for row in cur.fetchall()}
+
+
 def claim_invoices(cur: Any, merchant: str, claims: list[Record], now: datetime) -> dict[str, str]:
     version = lock_merchant(cur, merchant)
     at = micros(now)

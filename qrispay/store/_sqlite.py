@@ -374,6 +374,9 @@ class SQLiteStore(Store):
             lambda conn: _write(conn, lambda: workers.release_lease(conn, merchant, holder, epoch))
         )
 
+    async def leases(self) -> dict[str, Lease]:
+        return await self._run(lambda conn: _read(conn, lambda: workers.leases(conn)))
+
     async def claim_invoices(
         self, merchant: str, claims: list[tuple[str, int, str, str, int]], *, now: datetime
     ) -> dict[str, str]:

@@ -67,6 +67,11 @@ def release_lease(conn: sqlite3.Connection, merchant: str, holder: str, epoch: i
     )
 
 
+def leases(conn: sqlite3.Connection) -> dict[str, Lease]:
+    rows = conn.execute("SELECT merchant, holder, epoch, expires_us FROM leases").fetchall()
+    return {row[0]: Lease(row[1], row[2], from_micros(row[3])) for row in rows}
+
+
 def check_fence(
     conn: sqlite3.Connection, merchant: str, fence: tuple[str, int], until_us: int | None
 ) -> None:
