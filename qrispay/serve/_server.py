@@ -73,7 +73,7 @@ async def serve(svc: Service, sock: socket.socket, on_ready: Callable[[], None])
         access_log=False,
         lifespan="off",
         ws="none",
-        http="h11",
+        http="auto",  # httptools when installed (faster), else h11
         loop="asyncio",
         server_header=False,
         proxy_headers=False,

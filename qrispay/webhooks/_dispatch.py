@@ -135,12 +135,10 @@ class WebhookDispatcher:
 
     # -- one endpoint ---------------------------------------------------------------
 
-    async def _wait(self, name: str, seconds: float) -> None:
-        with anyio.move_on_after(max(0.0, seconds)):
-            await self._wakes[name].wait()
-
     async def _endpoint(self, url: str, name: str) -> None:
         while True:
+            # Taken before the store is read, so a wake during the read is not lost.
+            woken = self._wakes[name]
             now = self._clock()
             hold = now + timedelta(seconds=self.policy.timeout + 30.0)
             try:
@@ -153,7 +151,8 @@ class WebhookDispatcher:
                 await anyio.sleep(self._poll_interval)
                 continue
             if head is None:
-                await self._wait(name, self._poll_interval)
+                with anyio.move_on_after(self._poll_interval):
+                    await woken.wait()
             elif head.next_attempt_at > now:
                 # Not woken by new events: the head blocks them anyway.
                 left = (head.next_attempt_at - now).total_seconds()
