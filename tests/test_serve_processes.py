@@ -22,7 +22,7 @@ import httpx
 import pytest
 import standardwebhooks
 
-from .conftest import SECRET
+from .conftest import SECRET, postgres_dsn
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -105,25 +105,11 @@ class World:
         assert self.receiver.stdout is not None
         assert self.receiver.stdout.readline().strip() == "ready"
 
-    def serve(self) -> subprocess.Popen[str]:
-        process = start(
-            [
-                sys.executable,
-                "-m",
-                "qrispay",
-                "--json",
-                "serve",
-                "--port",
-                "0",
-                "--ttl",
-                "1",
-                "--db",
-                str(self.tmp / "serve.db"),
-                "--webhook",
-                f"http://127.0.0.1:{self.hook_port}/hook",
-            ],
-            self.env,
-        )
+    def serve(self, store: list[str] | None = None) -> subprocess.Popen[str]:
+        store = store or ["--db", str(self.tmp / "serve.db")]
+        hook = f"http://127.0.0.1:{self.hook_port}/hook"
+        command = [sys.executable, "-m", "qrispay", "--json", "serve", "--port", "0"]
+        process = start([*command, "--ttl", "1", *store, "--webhook", hook], self.env)
         self.servers.append(process)
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -283,3 +269,59 @@ def test_an_idempotency_key_answers_the_same_after_a_sigkill(world: World) -> No
     assert again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
     assert other.status_code == 422
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A DSN of a fresh database on the test server, dropped afterwards."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    dsn = postgres_dsn()
+    name = f"qrispay_serve_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(dsn, dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def lease_holder(http: httpx.Client) -> int:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("qrispay_lease_holder"):
+            return int(float(line.split()[-1]))
+    raise AssertionError("no lease metric")
+
+
+def test_two_instances_on_postgres_share_one_poller_and_deliver_once(
+    world: World, pg_database: str
+) -> None:
+    world.receiver_up()
+    world.serve(["--postgres", pg_database])
+    first_url = world.url
+    world.serve(["--postgres", pg_database])
+    second_url = world.url
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        httpx.Client(base_url=first_url, headers=headers, timeout=10) as a,
+        httpx.Client(base_url=second_url, headers=headers, timeout=10) as b,
+    ):
+        made = create(a, 10_000, "shared-key")
+        assert made.status_code == 201
+        replayed = create(b, 10_000, "shared-key")
+        assert replayed.json() == made.json()
+        assert replayed.headers["idempotent-replayed"] == "true"
+        invoice = made.json()
+        world.pay(invoice["total"])
+        wait_for(lambda: paid(b, invoice["invoice_id"]) and paid(a, invoice["invoice_id"]))
+        assert lease_holder(a) + lease_holder(b) == 1
+        event_id = f"paid:{invoice['invoice_id']}"
+        assert [e["id"] for e in b.get("/v1/events").json()["data"]] == [event_id]
+    got = wait_for(lambda: world.deliveries())
+    time.sleep(2)  # a second delivery, if one came, would be here by now
+    got = world.deliveries()
+    assert [d["headers"]["webhook-id"] for d in got] == [event_id]
+    standardwebhooks.Webhook(WHSEC).verify(got[0]["body"], got[0]["headers"])

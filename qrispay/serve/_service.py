@@ -8,8 +8,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone
 
 import anyio
 from anyio.abc import TaskStatus
@@ -50,7 +49,7 @@ class Service:
         payouts: Payouts | None = None,
         webhooks: WebhookDispatcher | None = None,
         clock: Callable[[], datetime] | None = None,
-        stale_after: Any = STALE_AFTER,
+        stale_after: timedelta = STALE_AFTER,
         secrets: Iterable[str] = (),
         max_body: int = MAX_BODY,
     ) -> None:
