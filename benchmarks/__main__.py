@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import hot_path, http_overhead, merchants, quota, stores
+from . import hot_path, http_overhead, merchants, quota, serve, stores
 from ._harness import Figure, table, write_results
 
 # name -> (module's main, full config, --quick config, --smoke config)
@@ -58,6 +58,12 @@ SUITES: dict[str, tuple[Callable[[Any], list[Figure]], Any, Any, Any]] = {
             size_rows=200,
         ),
     ),
+    "serve": (
+        serve.main,
+        serve.Config(repeats=11, block=50, read_seconds=5.0, deliveries=500),
+        serve.Config(repeats=3, block=10, read_seconds=1.5, deliveries=100),
+        serve.Config(repeats=1, block=2, read_seconds=0.2, deliveries=5),
+    ),
 }
 
 LEGEND = """\
@@ -69,7 +75,9 @@ ratio = value / baseline. Baselines, all measured in this run:
     (uniform on [0, ttl + margin]); bare capacity: (ttl + margin) / bare CPU per fetch
   5 s pollers: one task per open invoice asking the feed every 5 s (quota 60/min)
   stores: the same path with MemoryStore (or the smaller state); SQLite files in a temp
-    dir (WAL, synchronous=FULL); sizes: file bytes after close (WAL checkpointed) vs JSON\
+    dir (WAL, synchronous=FULL); sizes: file bytes after close (WAL checkpointed) vs JSON
+  serve: the in-process SDK on the same loopback sandbox (create_invoice with SQLite,
+    get_invoice); status reads vs /healthz of the same process; webhooks vs a bare POST\
 """
 GC_NOTE = (
     "timed sections: gc.collect() before, cyclic GC off inside; medians of interleaved repeats"

@@ -11,7 +11,7 @@ import functools
 import logging
 import random
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -29,6 +29,7 @@ __all__ = [
     "Connection",
     "Answered",
     "HTTPCore",
+    "Poster",
     "Redactor",
     "Timeout",
     "asgi_transport",
@@ -338,3 +339,56 @@ class HTTPCore:
 
     def __repr__(self) -> str:
         return f"HTTPCore(base_url={self.base_url!r})"
+
+
+class Poster:
+    """POSTs bodies to webhook receivers for ``qrispay.webhooks``: one attempt
+    per call (the outbox owns the retries), ``timeout`` seconds at most, no
+    redirects followed. ``secrets`` (parts of the receivers' URLs that may be
+    credentials) are masked in httpx's log records while it is open.
+
+    ``post`` answers the status, or None and why the attempt failed, in words
+    that never quote the URL or the receiver's answer."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        secrets: Iterable[str] = (),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.timeout = float(timeout)
+        self._secrets = [secret for secret in secrets if secret]
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        install_log_scrubber()
+        live_secrets.add(self._secrets)
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int | None, str | None]:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout),
+                transport=self._transport,
+                verify=_default_tls(),
+                follow_redirects=False,
+                headers={"User-Agent": f"qrispay/{__version__}"},
+            )
+        try:
+            with anyio.fail_after(self.timeout):
+                answer = await self._client.post(url, content=body, headers=dict(headers))
+        except (TimeoutError, httpx.TimeoutException):
+            return None, f"no answer within {self.timeout:g} s"
+        except httpx.ConnectError:
+            return None, "cannot connect"
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            return None, f"transport error ({type(exc).__name__})"
+        return answer.status_code, None
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        live_secrets.remove(self._secrets)
+        self._secrets = []

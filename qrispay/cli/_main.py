@@ -17,7 +17,7 @@ from .. import errors, qris
 from .._http import Redactor
 from .._version import __version__
 from .._wire import FEED_PATH
-from . import demo, feed, gateway, sandbox, watch
+from . import demo, feed, gateway, sandbox, serve, watch
 from . import qris as qris_command
 from ._exit import CommandError, ExitCode
 from .context import ENV_VARS, SECRET_VARS, Ctx, Scrubbed, env, warnings_to
@@ -26,7 +26,7 @@ from .output import Style, wants_colour
 __all__ = ["build_parser", "main"]
 
 #: The command groups, in the order ``qrispay --help`` lists their commands.
-_GROUPS = (demo, sandbox, gateway, feed, watch, qris_command)
+_GROUPS = (demo, sandbox, gateway, feed, watch, serve, qris_command)
 
 _EPILOG = (
     "environment (for balance, invoice, withdraw, mutations and watch):\n"
@@ -161,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: TextIO = sys.stdout
     err: TextIO = sys.stderr
     if args.command != "sandbox":  # the sandbox prints its own fake credentials on purpose
-        redactor = Redactor(env(name) for name in SECRET_VARS)
+        # Split: QRISPAY_WEBHOOK_SECRET may hold several secrets (a rotation).
+        redactor = Redactor(part for name in SECRET_VARS for part in env(name).split())
         out = cast(TextIO, Scrubbed(sys.stdout, redactor))
         err = cast(TextIO, Scrubbed(sys.stderr, redactor))
     ctx = Ctx(json=args.json, out=out, err=err, style=Style(wants_colour(sys.stdout)))

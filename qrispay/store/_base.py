@@ -22,11 +22,14 @@ from ..events import Event
 
 __all__ = [
     "PAYOUT_STATES",
+    "WEBHOOK_STATES",
     "Changes",
+    "IdempotencyEntry",
     "MerchantState",
     "PayoutEntry",
     "Store",
     "StoredEvent",
+    "WebhookDelivery",
     "from_micros",
     "micros",
     "prepare",
@@ -182,6 +185,45 @@ class PayoutEntry:
 PAYOUT_STATES = ("intent", "done", "unknown")
 
 
+@attrs.frozen
+class IdempotencyEntry:
+    """One idempotency key of the HTTP service, within a scope (what it creates,
+    and for whom). ``digest`` names the request it was first used with (never the
+    request itself); ``state`` is ``"pending"`` (a request holds it) or ``"done"``
+    (``status`` and ``body``, JSON text, are its answer, replayed for ever)."""
+
+    scope: str
+    key: str
+    digest: str
+    state: str
+    status: int | None
+    body: str | None = attrs.field(repr=False)
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.frozen
+class WebhookDelivery:
+    """One event to be POSTed to one webhook endpoint (its name, never its
+    secret): ``"pending"`` until a 2xx (``"delivered"``) or until retries give up
+    (``"failed"``). ``last_status`` and ``last_error`` describe the last attempt."""
+
+    merchant: str
+    endpoint: str
+    event_id: str
+    seq: int
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+WEBHOOK_STATES = ("pending", "delivered", "failed")
+
+
 class Store(abc.ABC):
     """Where a Reconciler keeps what it knows. ``async with store:`` opens and
     closes it; a store is also opened on first use and closed by ``aclose()``.
@@ -288,3 +330,71 @@ class Store(abc.ABC):
     async def records_since(self, merchant: str, version: int) -> tuple[list[str], int]:
         """The records written after ``version`` (oldest write first) and the
         version now; ``version`` 0 gives them all."""
+
+    # -- the HTTP service: see qrispay.serve and qrispay.webhooks -------------------
+
+    @abc.abstractmethod
+    async def idempotency_claim(
+        self, scope: str, key: str, digest: str, *, now: datetime, stale_before: datetime
+    ) -> tuple[IdempotencyEntry, str]:
+        """In one atomic step, the entry of ``(scope, key)`` and what this call
+        made of it: ``"new"`` (none was stored: a ``"pending"`` one holding
+        ``digest`` is, now), ``"stale"`` (a ``"pending"`` entry with this digest
+        last claimed before ``stale_before`` is claimed again, at ``now``: its
+        first claimant is taken to have died) or ``"held"`` (the stored entry,
+        unchanged: done, still in progress, or of another digest). Committed
+        before it returns."""
+
+    @abc.abstractmethod
+    async def idempotency_settle(
+        self, scope: str, key: str, *, status: int | None, body: str | None, now: datetime
+    ) -> None:
+        """Record the answer of a claimed key (``status`` and ``body``, JSON text):
+        it is ``"done"`` and answers so for ever; or, with ``status`` None, delete
+        the entry (nothing was done: the key is free). ``KeyError`` if there is none."""
+
+    @abc.abstractmethod
+    async def webhook_enqueue(self, merchant: str, endpoint: str, *, now: datetime) -> int:
+        """In one transaction: a ``"pending"`` delivery to ``endpoint``, due at
+        ``now``, for each event of ``merchant`` stored after the endpoint's
+        cursor, and the cursor moved past them (an endpoint seen for the first
+        time starts before the first event). Returns how many were added."""
+
+    @abc.abstractmethod
+    async def webhook_next(
+        self, merchant: str, endpoint: str, *, now: datetime, hold_until: datetime
+    ) -> WebhookDelivery | None:
+        """The oldest (by event ``seq``) ``"pending"`` delivery to ``endpoint``, as
+        stored, or None. When it is due (``next_attempt_at <= now``) it is taken in
+        the same atomic step: its ``next_attempt_at`` moves to ``hold_until``, so
+        another worker does not send it meanwhile."""
+
+    @abc.abstractmethod
+    async def webhook_attempted(
+        self,
+        merchant: str,
+        endpoint: str,
+        event_id: str,
+        *,
+        state: str,
+        status: int | None,
+        error: str | None,
+        next_attempt_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Record one attempt of a delivery: ``attempts`` grows by one and it takes
+        ``state`` (``WEBHOOK_STATES``), ``last_status``, ``last_error`` and
+        ``next_attempt_at``. ``KeyError`` if there is no such delivery."""
+
+    @abc.abstractmethod
+    async def webhook_deliveries(
+        self, merchant: str, *, state: str | None = None, limit: int = 100
+    ) -> list[WebhookDelivery]:
+        """Up to ``limit`` deliveries of ``merchant`` (in ``state``, or all), by
+        event ``seq`` then endpoint."""
+
+    @abc.abstractmethod
+    async def webhook_replay(self, merchant: str, event_id: str, *, now: datetime) -> int:
+        """Make every delivery of the event ``"pending"`` again, due at ``now``,
+        with no attempts; the number of deliveries. ``KeyError`` if the event is
+        not stored."""

@@ -33,6 +33,7 @@ from ._base import (
     prepare,
     written,
 )
+from ._memory_serve import MemoryServeTables
 
 __all__ = ["MemoryStore"]
 
@@ -71,13 +72,14 @@ class _Merchant:
         self.event_ids: dict[str, int] = {}
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryServeTables, Store):
     """A store in this process's memory (see the module's docstring)."""
 
     def __init__(self) -> None:
         self._merchants: dict[str, _Merchant] = {}
         self._seq = 0
         self._lock = anyio.Lock()
+        self._serve_tables()
         self._payouts: dict[tuple[str, str], PayoutEntry] = {}
 
     async def open(self) -> None:

@@ -48,6 +48,7 @@ from ._base import (
     micros,
     prepare,
 )
+from ._serve_sql import SQLServeTables
 
 __all__ = ["INSTALL_HINT", "PostgresStore"]
 
@@ -98,12 +99,14 @@ def _read(conn: Any, work: Callable[[Any], _T]) -> _T:
         return work(cur)
 
 
-class PostgresStore(Store):
+class PostgresStore(SQLServeTables, Store):
     """A store in the PostgreSQL database of ``dsn`` (a libpq connection string
     or ``postgresql://`` URL), in the schema ``schema`` (created if missing;
     see the module's docstring). ``pool_options`` go to
     ``psycopg_pool.ConnectionPool`` (``min_size``, ``max_size``, ``timeout``
     ...); ``kwargs`` among them go to every connection."""
+
+    _PG = True
 
     def __init__(self, dsn: str, *, schema: str = "qrispay", **pool_options: Any) -> None:
         psycopg, _ = _driver()
@@ -152,6 +155,12 @@ class PostgresStore(Store):
         # Not abandoned on cancellation: a started transaction always ends
         # (committed or rolled back) before the caller is cancelled.
         return await anyio.to_thread.run_sync(self._call, work, limiter=self._limiter)
+
+    async def _serve_write(self, work: Callable[[Any], _T]) -> _T:
+        return await self._run(lambda conn: _write(conn, work))
+
+    async def _serve_read(self, work: Callable[[Any], _T]) -> _T:
+        return await self._run(lambda conn: _read(conn, work))
 
     def _error(self, exc: BaseException, doing: str) -> StoreError:
         scrub_chain(exc, self._redactor)

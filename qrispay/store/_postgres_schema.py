@@ -116,7 +116,48 @@ _V1 = (
     "CREATE INDEX payouts_by_state ON payouts (scope, state, created_us, pos)",
 )
 
-STEPS: tuple[tuple[str, ...], ...] = (_V1,)
+_V2 = (
+    # The HTTP service (qrispay serve). Idempotency keys keep a digest of their
+    # request and the answer, never the request itself.
+    """CREATE TABLE idempotency_keys (
+        scope text NOT NULL,
+        key text NOT NULL,
+        digest text NOT NULL,
+        state text NOT NULL CHECK (state IN ('pending', 'done')),
+        status integer,
+        body text,
+        created_us bigint NOT NULL,
+        updated_us bigint NOT NULL,
+        PRIMARY KEY (scope, key)
+    )""",
+    # The webhook outbox follows the event seq with a cursor per endpoint, moved
+    # (its row locked) in the transaction that adds the deliveries: no event is
+    # skipped or enqueued twice, whatever crashes and however many instances run.
+    """CREATE TABLE webhook_cursors (
+        merchant text NOT NULL,
+        endpoint text NOT NULL,
+        seq bigint NOT NULL,
+        PRIMARY KEY (merchant, endpoint)
+    )""",
+    """CREATE TABLE webhook_deliveries (
+        merchant text NOT NULL,
+        endpoint text NOT NULL,
+        event_id text NOT NULL,
+        seq bigint NOT NULL,
+        state text NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts integer NOT NULL CHECK (attempts >= 0),
+        next_attempt_us bigint NOT NULL,
+        last_status integer,
+        last_error text,
+        created_us bigint NOT NULL,
+        updated_us bigint NOT NULL,
+        PRIMARY KEY (merchant, endpoint, event_id)
+    )""",
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (merchant, endpoint, state, seq)",
+    "CREATE INDEX webhook_deliveries_by_seq ON webhook_deliveries (merchant, seq, endpoint)",
+)
+
+STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 VERSION = len(STEPS)
 
 

@@ -41,6 +41,7 @@ from ._base import (
     prepare,
     written,
 )
+from ._serve_sql import SQLServeTables
 
 __all__ = ["SQLiteStore"]
 
@@ -104,7 +105,7 @@ def _read(conn: sqlite3.Connection, work: Callable[[], _T]) -> _T:
             conn.execute("COMMIT")
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLServeTables, Store):
     """A store in the SQLite file at ``path`` (created if missing; see the
     module's docstring). ``busy_timeout`` is how long, in seconds, a call waits
     for another process's write before it fails with ``StoreError``."""
@@ -129,6 +130,12 @@ class SQLiteStore(Store):
         # Not abandoned on cancellation: a started transaction always ends
         # (committed or rolled back) before the caller is cancelled.
         return await anyio.to_thread.run_sync(self._call, work, limiter=self._limiter)
+
+    async def _serve_write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await self._run(lambda conn: _write(conn, lambda: work(conn)))
+
+    async def _serve_read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await self._run(lambda conn: _read(conn, lambda: work(conn)))
 
     def _call(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         conn = self._connection()

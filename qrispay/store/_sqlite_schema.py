@@ -91,7 +91,48 @@ _V3 = (
     "CREATE INDEX invoices_by_version ON invoices (merchant, version)",
 )
 
-STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+_V4 = (
+    # The HTTP service (qrispay serve). Idempotency keys keep a digest of their
+    # request and the answer, never the request itself.
+    """CREATE TABLE idempotency_keys (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+        status INTEGER,
+        body TEXT,
+        created_us INTEGER NOT NULL,
+        updated_us INTEGER NOT NULL,
+        PRIMARY KEY (scope, key)
+    ) WITHOUT ROWID""",
+    # The webhook outbox follows the event seq with a cursor per endpoint, moved
+    # in the transaction that adds the deliveries: a crash between the two is
+    # impossible, and no event is skipped or enqueued twice.
+    """CREATE TABLE webhook_cursors (
+        merchant TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (merchant, endpoint)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE webhook_deliveries (
+        merchant TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL CHECK (attempts >= 0),
+        next_attempt_us INTEGER NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        created_us INTEGER NOT NULL,
+        updated_us INTEGER NOT NULL,
+        PRIMARY KEY (merchant, endpoint, event_id)
+    )""",
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (merchant, endpoint, state, seq)",
+    "CREATE INDEX webhook_deliveries_by_seq ON webhook_deliveries (merchant, seq, endpoint)",
+)
+
+STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 VERSION = len(STEPS)
 
 
