@@ -32,6 +32,12 @@ INTERVAL = TTL + 0.5
 LEASE_TTL = 9.0
 #: Real seconds for a process to start and take its first merchants.
 START_TIMEOUT = 60.0
+#: Real seconds, past the lapse, for A to start B's 100 Reconcilers: each start
+#: is about eight store round trips, and on PostgreSQL they queue for the
+#: store's four pooled connections (A's own scans with them) on a 2-core
+#: machine that also runs the feed server and PostgreSQL. Measured: 0.5 s on
+#: SQLite, 1.6-3.2 s on PostgreSQL here, 5.9 s under a loaded CI run.
+TAKE_OVER_SLACK = 10.0
 
 
 class Feeds:
@@ -147,12 +153,13 @@ def test_two_processes_share_200_merchants_and_one_takes_over_when_the_other_is_
         killed = time.monotonic()
         took = _wait(
             lambda: _held(statuses["A"]) == everyone,
-            LEASE_TTL + 10,
+            LEASE_TTL + 2 * TAKE_OVER_SLACK,
             "A holds every merchant",
             [a],
         )
-        # B's leases lapse lease_ttl after their last renewal at the latest.
-        assert took <= LEASE_TTL + 3
+        # B's leases lapse lease_ttl after their last renewal at the latest; then A
+        # starts 100 Reconcilers at once.
+        assert took <= LEASE_TTL + TAKE_OVER_SLACK
         time.sleep(3 * INTERVAL)
         a.send_signal(signal.SIGTERM)
         assert a.wait(timeout=20) == 0
@@ -174,5 +181,8 @@ def test_two_processes_share_200_merchants_and_one_takes_over_when_the_other_is_
         assert min(gaps) >= INTERVAL - 0.8, (merchant, min(gaps))
     for merchant in orphans:
         # The hand-over cost no more than the lapse, and then polling went on.
-        assert max(app.gaps(merchant, after=killed - INTERVAL)) <= LEASE_TTL + INTERVAL + 3
+        assert (
+            max(app.gaps(merchant, after=killed - INTERVAL))
+            <= LEASE_TTL + INTERVAL + TAKE_OVER_SLACK
+        )
         assert len(app.gaps(merchant, after=killed + took)) >= 2
