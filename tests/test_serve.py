@@ -222,6 +222,11 @@ async def test_withdrawals_are_sent_once_per_key(served: Served) -> None:
     assert isinstance(balance.json()["balance"], int)
     missing = await served.http.get("/v1/withdrawals/nope")
     assert missing.status_code == 404
+    huge = await served.http.post(
+        "/v1/withdrawals", json={**body, "amount": 10**26}, headers={"Idempotency-Key": "w-2"}
+    )
+    assert (huge.status_code, huge.json()["error"]["type"]) == (422, "invalid_request")
+    assert len(served.sandbox.withdrawal_ids()) == 1
 
 
 # -- bad input --------------------------------------------------------------------------
@@ -237,6 +242,9 @@ async def test_withdrawals_are_sent_once_per_key(served: Served) -> None:
         (b'{"amount": 10000.5}', 422, "invalid_request"),
         (b'{"amount": true}', 422, "invalid_request"),
         (b'{"amount": -5}', 422, "invalid_request"),
+        (b'{"amount": 0}', 422, "invalid_request"),
+        (b'{"amount": 10000000000000}', 422, "invalid_request"),
+        (b'{"amount": 100000000000000000000000000}', 422, "invalid_request"),
         (b"{}", 422, "invalid_request"),
         (b'{"amount": 10000, "amout": 1}', 422, "invalid_request"),
         (b'{"amount": 1' + b"0" * 20000 + b"}", 413, "body_too_large"),
@@ -331,6 +339,11 @@ async def test_openapi_describes_every_route_and_metrics_count(served: Served) -
     assert f'qrispay_lease_holder{{merchant="{served.feed.merchant}"}} 1' in text
     polls = [line for line in text.splitlines() if line.startswith("qrispay_polls_total")]
     assert int(polls[0].split()[-1]) >= 2
+    # Exact numbers, not "%g" (6 digits: a timestamp was rounded by up to 50000 s).
+    last = [line for line in text.splitlines() if line.startswith("qrispay_last_poll_")]
+    stamp = float(last[0].split()[-1])
+    assert served.svc.rec.stats.last_success is not None
+    assert abs(stamp - served.svc.rec.stats.last_success.timestamp()) <= 60
 
 
 async def test_no_answer_or_stored_row_holds_a_secret(served: Served) -> None:

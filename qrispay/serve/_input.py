@@ -17,6 +17,9 @@ __all__ = ["idempotency_key", "json_object", "money", "query_int", "text_field"]
 #: The longest body any route reads, in bytes.
 MAX_BODY = 16 * 1024
 _KEY_CHARS = frozenset(map(chr, range(0x21, 0x7F)))
+#: The largest amount taken: 13 digits, the most a QRIS payload carries (and far
+#: inside a 64-bit integer column, so a huge number never reaches a store or gateway).
+MAX_AMOUNT = 10**13 - 1
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -51,8 +54,8 @@ async def json_object(
 
 
 def money(body: dict[str, Any], name: str) -> int:
-    """A positive whole number of rupiah: a JSON integer, never a string, a
-    float (even 10000.0) or a bool."""
+    """A positive whole number of rupiah up to ``MAX_AMOUNT``: a JSON integer,
+    never a string, a float (even 10000.0) or a bool."""
     if name not in body:
         raise ApiError(422, "invalid_request", f"{name!r} is required (int rupiah)")
     value = body[name]
@@ -63,6 +66,8 @@ def money(body: dict[str, Any], name: str) -> int:
         )
     if value <= 0:
         raise ApiError(422, "invalid_request", f"{name!r} must be positive")
+    if value > MAX_AMOUNT:
+        raise ApiError(422, "invalid_request", f"{name!r} must be at most {MAX_AMOUNT} (13 digits)")
     return value
 
 
