@@ -201,6 +201,9 @@ async def test_pay_status_cancel_and_events(served: Served) -> None:
     assert [e["id"] for e in rest.json()["data"]] == [page["data"][1]["id"]]
     unknown = await served.http.get("/v1/events", params={"after": "nope"})
     assert (unknown.status_code, unknown.json()["error"]["type"]) == (404, "unknown_event")
+    for limit in ("0", "1001", "x", "\u00b2", "\u0665"):  # the last two pass str.isdigit()
+        bad = await served.http.get("/v1/events", params={"limit": limit})
+        assert (bad.status_code, bad.json()["error"]["type"]) == (400, "invalid_query")
 
 
 async def test_withdrawals_are_sent_once_per_key(served: Served) -> None:
@@ -245,6 +248,8 @@ async def test_withdrawals_are_sent_once_per_key(served: Served) -> None:
         (b'{"amount": 0}', 422, "invalid_request"),
         (b'{"amount": 10000000000000}', 422, "invalid_request"),
         (b'{"amount": 100000000000000000000000000}', 422, "invalid_request"),
+        (b'{"amount": ' + b"9" * 5000 + b"}", 422, "invalid_request"),
+        (b"[" * 5000, 400, "invalid_json"),
         (b"{}", 422, "invalid_request"),
         (b'{"amount": 10000, "amout": 1}', 422, "invalid_request"),
         (b'{"amount": 1' + b"0" * 20000 + b"}", 413, "body_too_large"),

@@ -22,9 +22,15 @@ _KEY_CHARS = frozenset(map(chr, range(0x21, 0x7F)))
 MAX_AMOUNT = 10**13 - 1
 
 
+def _digits(text: str) -> bool:
+    # ASCII only: str.isdigit() is also true of "\u00b2" (int() refuses it)
+    # and of "\u0665" (read as 5).
+    return text.isascii() and text.isdigit()
+
+
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if _digits(declared) and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -45,6 +51,11 @@ async def json_object(
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+    except ValueError:
+        # Python refuses an integer of more than 4300 digits (int_max_str_digits).
+        raise ApiError(422, "invalid_request", "a number in the body has too many digits") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     unknown = sorted(set(value) - set(fields))
@@ -97,7 +108,7 @@ def query_int(request: Request, name: str, default: int, *, lowest: int, highest
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lowest <= int(raw) <= highest:
+    if not _digits(raw) or not lowest <= int(raw) <= highest:
         raise ApiError(
             400, "invalid_query", f"{name} must be an integer from {lowest} to {highest}"
         )
