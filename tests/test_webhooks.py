@@ -65,6 +65,9 @@ def test_the_independent_verifier_accepts_our_signature_and_each_rotated_secret(
     assert not verify(third, headers, body, now=now)
     assert not verify(WHSEC, headers, body + b" ", now=now)
     assert not verify(WHSEC, headers, body, now=now + 301)
+    # A forged timestamp is refused, never raised on (int() refuses "\u00b2").
+    for stamp in ("\u00b2", "\u0661\u0662", "", "-1", "1e9"):
+        assert not verify(WHSEC, {**headers, "webhook-timestamp": stamp}, body, now=now)
 
 
 @pytest.mark.parametrize("bad", ["", "whsec_", "whsec_!!!", "sk_abc", "whsec_" + "YWJj"])
