@@ -252,7 +252,7 @@ async def test_withdrawals_are_sent_once_per_key(served: Served) -> None:
         (b"[" * 5000, 400, "invalid_json"),
         (b"{}", 422, "invalid_request"),
         (b'{"amount": 10000, "amout": 1}', 422, "invalid_request"),
-        (b'{"amount": 1' + b"0" * 20000 + b"}", 413, "body_too_large"),
+        (b'{"amount": 1' + b"0" * 20000 + b"}", 400, "body_too_large"),
     ],
 )
 async def test_bad_bodies_get_a_json_error_and_create_nothing(

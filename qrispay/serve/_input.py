@@ -31,13 +31,13 @@ def _digits(text: str) -> bool:
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if _digits(declared) and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+        raise ApiError(400, "body_too_large", f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+            raise ApiError(400, "body_too_large", f"the body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -28,7 +28,7 @@ _KEY = {
     "progress is 409",
     "schema": {"type": "string", "maxLength": 255},
 }
-_ERRORS = {code: _ERROR for code in ("400", "401", "404", "409", "413", "422", "502")}
+_ERRORS = {code: _ERROR for code in ("400", "401", "404", "409", "422", "502")}
 _MONEY = {"type": "integer", "minimum": 1, "description": "int rupiah"}
 _MONEY_IN = {**_MONEY, "maximum": MAX_AMOUNT}
 _TIME = {"type": "string", "format": "date-time"}
