@@ -961,3 +961,18 @@ def test_jsonable_keeps_ints_and_offsets() -> None:
 
     when = datetime(2025, 1, 1, 12, tzinfo=timezone(timedelta(hours=7)))
     assert jsonable({"a": (1, when)}) == {"a": [1, "2025-01-01T12:00:00+07:00"]}
+
+
+def test_serve_postgres_takes_a_schema_and_refuses_one_without_postgres() -> None:
+    from qrispay.cli import serve
+    from qrispay.cli._exit import ConfigError
+    from qrispay.cli._main import build_parser
+
+    parser = build_parser()
+    dsn = "postgresql://shop@127.0.0.1:1/shop"
+    args = parser.parse_args(["serve", "--postgres", dsn, "--schema", "shop_two"])
+    assert serve._store(args).schema == "shop_two"  # type: ignore[attr-defined]
+    listed = parser.parse_args(["webhooks", "list", "--postgres", dsn])
+    assert serve._store(listed).schema == "qrispay"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="--postgres"):
+        serve._store(parser.parse_args(["serve", "--db", "x.db", "--schema", "shop_two"]))

@@ -201,6 +201,9 @@ async def test_pay_status_cancel_and_events(served: Served) -> None:
     assert [e["id"] for e in rest.json()["data"]] == [page["data"][1]["id"]]
     unknown = await served.http.get("/v1/events", params={"after": "nope"})
     assert (unknown.status_code, unknown.json()["error"]["type"]) == (404, "unknown_event")
+    for limit in ("0", "1001", "x", "\u00b2", "\u0665"):  # the last two pass str.isdigit()
+        bad = await served.http.get("/v1/events", params={"limit": limit})
+        assert (bad.status_code, bad.json()["error"]["type"]) == (400, "invalid_query")
 
 
 async def test_withdrawals_are_sent_once_per_key(served: Served) -> None:
@@ -222,6 +225,11 @@ async def test_withdrawals_are_sent_once_per_key(served: Served) -> None:
     assert isinstance(balance.json()["balance"], int)
     missing = await served.http.get("/v1/withdrawals/nope")
     assert missing.status_code == 404
+    huge = await served.http.post(
+        "/v1/withdrawals", json={**body, "amount": 10**26}, headers={"Idempotency-Key": "w-2"}
+    )
+    assert (huge.status_code, huge.json()["error"]["type"]) == (422, "invalid_request")
+    assert len(served.sandbox.withdrawal_ids()) == 1
 
 
 # -- bad input --------------------------------------------------------------------------
@@ -237,9 +245,14 @@ async def test_withdrawals_are_sent_once_per_key(served: Served) -> None:
         (b'{"amount": 10000.5}', 422, "invalid_request"),
         (b'{"amount": true}', 422, "invalid_request"),
         (b'{"amount": -5}', 422, "invalid_request"),
+        (b'{"amount": 0}', 422, "invalid_request"),
+        (b'{"amount": 10000000000000}', 422, "invalid_request"),
+        (b'{"amount": 100000000000000000000000000}', 422, "invalid_request"),
+        (b'{"amount": ' + b"9" * 5000 + b"}", 422, "invalid_request"),
+        (b"[" * 5000, 400, "invalid_json"),
         (b"{}", 422, "invalid_request"),
         (b'{"amount": 10000, "amout": 1}', 422, "invalid_request"),
-        (b'{"amount": 1' + b"0" * 20000 + b"}", 413, "body_too_large"),
+        (b'{"amount": 1' + b"0" * 20000 + b"}", 400, "body_too_large"),
     ],
 )
 async def test_bad_bodies_get_a_json_error_and_create_nothing(
@@ -331,6 +344,11 @@ async def test_openapi_describes_every_route_and_metrics_count(served: Served) -
     assert f'qrispay_lease_holder{{merchant="{served.feed.merchant}"}} 1' in text
     polls = [line for line in text.splitlines() if line.startswith("qrispay_polls_total")]
     assert int(polls[0].split()[-1]) >= 2
+    # Exact numbers, not "%g" (6 digits: a timestamp was rounded by up to 50000 s).
+    last = [line for line in text.splitlines() if line.startswith("qrispay_last_poll_")]
+    stamp = float(last[0].split()[-1])
+    assert served.svc.rec.stats.last_success is not None
+    assert abs(stamp - served.svc.rec.stats.last_success.timestamp()) <= 60
 
 
 async def test_no_answer_or_stored_row_holds_a_secret(served: Served) -> None:

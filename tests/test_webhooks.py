@@ -22,6 +22,7 @@ import httpx
 import pytest
 import standardwebhooks
 
+from qrispay.errors import StoreError
 from qrispay.store import Changes, MemoryStore, SQLiteStore, Store
 from qrispay.webhooks import (
     RetryPolicy,
@@ -64,6 +65,9 @@ def test_the_independent_verifier_accepts_our_signature_and_each_rotated_secret(
     assert not verify(third, headers, body, now=now)
     assert not verify(WHSEC, headers, body + b" ", now=now)
     assert not verify(WHSEC, headers, body, now=now + 301)
+    # A forged timestamp is refused, never raised on (int() refuses "\u00b2").
+    for stamp in ("\u00b2", "\u0661\u0662", "", "-1", "1e9"):
+        assert not verify(WHSEC, {**headers, "webhook-timestamp": stamp}, body, now=now)
 
 
 @pytest.mark.parametrize("bad", ["", "whsec_", "whsec_!!!", "sk_abc", "whsec_" + "YWJj"])
@@ -224,6 +228,33 @@ async def test_a_dead_receiver_delays_no_other(store: Store) -> None:
     pending = await store.webhook_deliveries("m", state="pending")
     assert {d.endpoint for d in pending} == {endpoint_name("http://dead.example/hook")}
     assert pending[0].last_error == "cannot connect"
+
+
+@pytest.mark.anyio
+async def test_a_store_failure_while_reading_the_event_stops_no_endpoint(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = Receiver()
+    work = dispatcher(store, {"live.example": live}, poll_interval=1.0)
+    read = store.events_after
+    failures = 0
+
+    async def flaky(merchant: str, seq: int, limit: int) -> Any:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise StoreError("database is locked")
+        return await read(merchant, seq, limit)
+
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(work.run)
+        monkeypatch.setattr(store, "events_after", flaky)
+        await add_events(store, ["e0"])
+        work.wake()
+        await wait_until(lambda: len(live.got) == 1, 3600)
+        tasks.cancel_scope.cancel()
+    assert failures == 2
+    assert [webhook_id for webhook_id, _ in live.got] == ["e0"]
 
 
 @pytest.mark.anyio

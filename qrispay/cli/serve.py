@@ -25,7 +25,10 @@ def _store(args: argparse.Namespace) -> Store:
     from ..store import PostgresStore, SQLiteStore
 
     if args.postgres:
-        return PostgresStore(args.postgres)
+        return PostgresStore(args.postgres, schema=args.schema or "qrispay")
+    if args.schema is not None:
+        # Said rather than ignored: the SQLite file would not be where it is meant to.
+        raise ConfigError("--schema names a PostgreSQL schema: give it with --postgres")
     return SQLiteStore(args.db)
 
 
@@ -195,6 +198,12 @@ def _store_options(p: argparse.ArgumentParser) -> None:
     )
     where.add_argument(
         "--postgres", metavar="DSN", help="a PostgreSQL store instead (qrispay[postgres])"
+    )
+    p.add_argument(
+        "--schema",
+        metavar="NAME",
+        help="with --postgres: the schema holding the store (default qrispay), "
+        "so several shops can share one database",
     )
 
 

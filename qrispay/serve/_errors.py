@@ -16,7 +16,7 @@ __all__ = ["ApiError", "error_body", "handlers"]
 
 logger = logging.getLogger("qrispay.serve")
 
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class ApiError(Exception):

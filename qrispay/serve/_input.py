@@ -17,18 +17,27 @@ __all__ = ["idempotency_key", "json_object", "money", "query_int", "text_field"]
 #: The longest body any route reads, in bytes.
 MAX_BODY = 16 * 1024
 _KEY_CHARS = frozenset(map(chr, range(0x21, 0x7F)))
+#: The largest amount taken: 13 digits, the most a QRIS payload carries (and far
+#: inside a 64-bit integer column, so a huge number never reaches a store or gateway).
+MAX_AMOUNT = 10**13 - 1
+
+
+def _digits(text: str) -> bool:
+    # ASCII only: str.isdigit() is also true of "\u00b2" (int() refuses it)
+    # and of "\u0665" (read as 5).
+    return text.isascii() and text.isdigit()
 
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    if _digits(declared) and int(declared) > limit:
+        raise ApiError(400, "body_too_large", f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+            raise ApiError(400, "body_too_large", f"the body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -42,6 +51,11 @@ async def json_object(
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+    except ValueError:
+        # Python refuses an integer of more than 4300 digits (int_max_str_digits).
+        raise ApiError(422, "invalid_request", "a number in the body has too many digits") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     unknown = sorted(set(value) - set(fields))
@@ -51,8 +65,8 @@ async def json_object(
 
 
 def money(body: dict[str, Any], name: str) -> int:
-    """A positive whole number of rupiah: a JSON integer, never a string, a
-    float (even 10000.0) or a bool."""
+    """A positive whole number of rupiah up to ``MAX_AMOUNT``: a JSON integer,
+    never a string, a float (even 10000.0) or a bool."""
     if name not in body:
         raise ApiError(422, "invalid_request", f"{name!r} is required (int rupiah)")
     value = body[name]
@@ -63,6 +77,8 @@ def money(body: dict[str, Any], name: str) -> int:
         )
     if value <= 0:
         raise ApiError(422, "invalid_request", f"{name!r} must be positive")
+    if value > MAX_AMOUNT:
+        raise ApiError(422, "invalid_request", f"{name!r} must be at most {MAX_AMOUNT} (13 digits)")
     return value
 
 
@@ -92,7 +108,7 @@ def query_int(request: Request, name: str, default: int, *, lowest: int, highest
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lowest <= int(raw) <= highest:
+    if not _digits(raw) or not lowest <= int(raw) <= highest:
         raise ApiError(
             400, "invalid_query", f"{name} must be an integer from {lowest} to {highest}"
         )

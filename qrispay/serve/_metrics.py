@@ -20,6 +20,13 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _number(value: float) -> str:
+    # Exact: "%g" keeps 6 digits, so a timestamp or a count past 999999 was rounded.
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
 def render(svc: Service) -> str:
     stats = svc.rec.stats
     lines: list[str] = []
@@ -28,7 +35,7 @@ def render(svc: Service) -> str:
         lines.append(f"# HELP {name} {help}")
         lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
-            lines.append(f"{name}{labels} {value:g}")
+            lines.append(f"{name}{labels} {_number(value)}")
 
     merchant = f'{{merchant="{_label(svc.merchant)}"}}'
     metric("qrispay_polls_total", "counter", "Feed fetches made.", [(merchant, stats.polls)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._version import __version__
+from ._input import MAX_AMOUNT
 
 __all__ = ["openapi"]
 
@@ -27,8 +28,9 @@ _KEY = {
     "progress is 409",
     "schema": {"type": "string", "maxLength": 255},
 }
-_ERRORS = {code: _ERROR for code in ("400", "401", "404", "409", "413", "422", "502")}
+_ERRORS = {code: _ERROR for code in ("400", "401", "404", "409", "422", "502")}
 _MONEY = {"type": "integer", "minimum": 1, "description": "int rupiah"}
+_MONEY_IN = {**_MONEY, "maximum": MAX_AMOUNT}
 _TIME = {"type": "string", "format": "date-time"}
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -113,14 +115,14 @@ def openapi() -> dict[str, Any]:
         "type": "object",
         "required": ["amount"],
         "additionalProperties": False,
-        "properties": {"amount": _MONEY},
+        "properties": {"amount": _MONEY_IN},
     }
     withdrawal_body = {
         "type": "object",
         "required": ["amount", "account_number", "account_name"],
         "additionalProperties": False,
         "properties": {
-            "amount": _MONEY,
+            "amount": _MONEY_IN,
             "account_number": {"type": "string", "maxLength": 32},
             "account_name": {"type": "string", "maxLength": 100},
         },

@@ -158,7 +158,13 @@ class WebhookDispatcher:
                 left = (head.next_attempt_at - now).total_seconds()
                 await anyio.sleep(min(left, self._recheck))
             else:
-                await self._attempt(url, name, head)
+                try:
+                    await self._attempt(url, name, head)
+                except StoreError as exc:
+                    # The event could not be read: left held, tried again once the
+                    # hold lapses; the endpoint's task (and the service) lives on.
+                    logger.warning("webhooks: the store failed (%s); trying again", exc)
+                    await anyio.sleep(self._poll_interval)
 
     async def _attempt(self, url: str, name: str, delivery: WebhookDelivery) -> None:
         found = await self._store.events_after(self._merchant, delivery.seq - 1, 1)

@@ -75,7 +75,9 @@ def verify(
     lowered = {name.lower(): value for name, value in headers.items()}
     msg_id = lowered.get("webhook-id", "")
     stamp = lowered.get("webhook-timestamp", "")
-    if not msg_id or not stamp.isdigit() or abs(now - int(stamp)) > tolerance:
+    # ASCII digits only: "\u00b2" (a latin-1 header byte) passes isdigit(), and int() refuses it.
+    digits = stamp.isascii() and stamp.isdigit()
+    if not msg_id or not digits or abs(now - int(stamp)) > tolerance:
         return False
     expected = _signature(parse_secret(secret), msg_id, int(stamp), body)
     return any(
