@@ -700,7 +700,12 @@ def test_sandbox_command(
 
     monkeypatch.setattr(cli_sandbox, "_wait_for_interrupt", interrupt)
     monkeypatch.setattr(
-        sys, "stdin", io.StringIO("help\npay 1000 ovo\ninvoices\nwithdrawals\nfly away\npay x\n")
+        sys,
+        "stdin",
+        io.StringIO(
+            "help\npay 1000 ovo\ninvoices\nwithdrawals\nfly away\npay x\npay\n"
+            "approve\ninvoices now\n"
+        ),
     )
     code, _, err = run(capsys, "sandbox", "--port", "0", "--ttl", "5", "--balance", "5000")
     assert code == 0
@@ -726,6 +731,14 @@ def test_sandbox_command(
     assert "none pending" in out
     assert "not understood: 'fly away'" in out
     assert "refused: 'x' is not an amount" in out
+    # help lists every command; a known command with the wrong arguments prints its usage.
+    for usage in ("pay TOTAL [BRAND]", "invoices", "withdrawals", "approve ID [NOTE]"):
+        assert f"  {usage}" in out
+    assert "reject ID [NOTE]" in out
+    assert "usage: pay TOTAL [BRAND]  (a customer pays TOTAL" in out
+    assert "usage: approve ID [NOTE]" in out
+    assert "usage: invoices  (the pending invoices)" in out
+    assert "not understood: 'pay'" not in out
 
 
 def test_sandbox_json_and_quit(

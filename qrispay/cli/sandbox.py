@@ -17,14 +17,18 @@ from .output import format_rupiah, key_values, table
 
 __all__ = ["register"]
 
-_SANDBOX_HELP = """\
-Commands (type one and Enter):
-  pay TOTAL [BRAND]      a customer pays TOTAL (an invoice with that total turns paid)
-  invoices               the pending invoices
-  withdrawals            the withdrawals
-  approve ID [NOTE]      the gateway's admin approves a withdrawal
-  reject ID [NOTE]       ... or rejects it (the amount is refunded)
-  help                   this list;  quit  stops the sandbox (so does Ctrl-C)"""
+#: Each command's usage and what it does, in the order ``help`` lists them.
+_COMMANDS = {
+    "pay": ("pay TOTAL [BRAND]", "a customer pays TOTAL (an invoice with that total turns paid)"),
+    "invoices": ("invoices", "the pending invoices"),
+    "withdrawals": ("withdrawals", "the withdrawals"),
+    "approve": ("approve ID [NOTE]", "the gateway's admin approves a withdrawal"),
+    "reject": ("reject ID [NOTE]", "... or rejects it (the amount is refunded)"),
+    "help": ("help", "this list;  quit  stops the sandbox (so does Ctrl-C)"),
+}
+_SANDBOX_HELP = "Commands (type one and Enter):\n" + "\n".join(
+    f"  {usage:<22} {what}" for usage, what in _COMMANDS.values()
+)
 
 
 def _interactive(stream: Any) -> bool:
@@ -91,6 +95,10 @@ def _answer(sandbox: Any, line: str) -> str | None:
             return _withdrawals(sandbox)
         if command in ("approve", "reject") and rest:
             return _decide(sandbox, command, rest)
+        if command in _COMMANDS:
+            # A known command with the wrong arguments: how to write it, not a shrug.
+            usage, what = _COMMANDS[command]
+            return f"usage: {usage}  ({what})"
         return f"not understood: {line.strip()!r} (type 'help')"
     except KeyError as exc:
         return f"no such withdrawal: {exc.args[0]}"
