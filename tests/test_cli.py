@@ -351,7 +351,7 @@ def test_withdraw_create_show_list(served: Sandbox, capsys: pytest.CaptureFixtur
     assert created["total_deduct"] == 51_000
     assert created["new_balance"] == 949_000
     assert created["status"] == "pending"
-    assert created["created_at"].endswith("+00:00")
+    assert created["created_at"].endswith("+07:00")  # one display zone: WIB
     withdraw_id = created["withdraw_id"]
 
     shown = run_json(capsys, "withdraw", "show", withdraw_id)
@@ -371,7 +371,7 @@ def test_withdraw_create_show_list(served: Sandbox, capsys: pytest.CaptureFixtur
     assert isinstance(success, dict)
     assert [w["withdraw_id"] for w in success["items"]] == [withdraw_id]
     assert success["items"][0]["admin_note"] == "ok"
-    assert success["items"][0]["processed_at"].endswith("+00:00")
+    assert success["items"][0]["processed_at"].endswith("+07:00")
     everything = run_json(capsys, "withdraw", "list", "--all", "--limit", "1")
     assert isinstance(everything, dict)
     assert everything["total"] == 3
@@ -499,7 +499,7 @@ def test_watch_reports_a_payment(served: Sandbox, capsys: pytest.CaptureFixture[
     assert paid["invoice"]["invoice_id"] == invoice["invoice_id"]
     assert paid["invoice"]["status"] == "paid"
     assert paid["mutation"]["amount"] == invoice["total"]
-    assert paid["seen_at"].endswith("+00:00")
+    assert paid["seen_at"].endswith("+07:00")
     unmatched = events[kinds.index("UnmatchedCredit")]
     assert unmatched["mutation"]["amount"] == 777
     assert "Watching the feed of merchant OK000001 with the gateway" in err
@@ -974,6 +974,17 @@ def test_jsonable_keeps_ints_and_offsets() -> None:
 
     when = datetime(2025, 1, 1, 12, tzinfo=timezone(timedelta(hours=7)))
     assert jsonable({"a": (1, when)}) == {"a": [1, "2025-01-01T12:00:00+07:00"]}
+
+
+def test_jsonable_prints_every_time_in_wib_at_the_same_instant() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    utc = datetime(2025, 1, 1, 23, 30, 5, tzinfo=timezone.utc)
+    tokyo = datetime(2025, 1, 2, 8, 30, 5, tzinfo=timezone(timedelta(hours=9)))
+    for when in (utc, tokyo):
+        printed = jsonable(when)
+        assert printed == "2025-01-02T06:30:05+07:00"
+        assert datetime.fromisoformat(printed) == when
 
 
 def test_serve_postgres_takes_a_schema_and_refuses_one_without_postgres() -> None:

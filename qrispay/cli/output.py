@@ -4,7 +4,7 @@ The text the command writes itself is plain ASCII, so a console in a legacy
 code page prints it too. Money is shown the Indonesian way, ``Rp 25.001`` (the dot
 groups thousands; rupiah have no decimals); JSON carries it as an int.
 Times are shown in Asia/Jakarta (WIB), as both APIs use; JSON carries them
-as ISO 8601 with their offset.
+as ISO 8601 in WIB too, with the offset (``+07:00``).
 """
 
 from __future__ import annotations
@@ -158,7 +158,9 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, datetime):
-        return value.isoformat()
+        # One zone for everything printed, as the text shows it; the instant is
+        # the same (the offset says so), only how it is written changes.
+        return (value.astimezone(JAKARTA) if value.utcoffset() is not None else value).isoformat()
     if isinstance(value, float):
         return value
     if attrs.has(type(value)):
