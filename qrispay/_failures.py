@@ -98,7 +98,13 @@ class Answer(Protocol):
 
 
 def from_exception(
-    exc: BaseException, kinds: TransportKinds, redactor: Redactor, method: str, path: str
+    exc: BaseException,
+    kinds: TransportKinds,
+    redactor: Redactor,
+    method: str,
+    path: str,
+    *,
+    origin: str = "the server",
 ) -> Failure:
     """The failure of an attempt that raised ``exc``: our own total deadline
     (``TimeoutError``), or the transport's exception."""
@@ -107,16 +113,21 @@ def from_exception(
     error: APIError
     if isinstance(exc, TimeoutError):
         # Our own total deadline: cancelled mid-flight, so it may have left.
-        error = APITimeoutError("the total deadline passed", method=method, path=path)
+        error = APITimeoutError(
+            f"the total deadline passed waiting for {origin}", method=method, path=path
+        )
         failure = _failure(error, True, False, "the total deadline passed mid-request", exc)
     elif isinstance(exc, kinds.undecodable):
         # The answer arrived: the request was served.
         error = ResponseDecodeError("the answer could not be decoded", method=method, path=path)
         failure = _failure(error, True, False, "the answer could not be decoded", exc)
     else:
-        detail = redactor.scrub(str(exc)) or name
+        detail = redactor.scrub(str(exc))
         cls = APITimeoutError if isinstance(exc, kinds.timeout) else APIConnectionError
-        error = cls(f"{name}: {detail}", method=method, path=path)
+        # The host named (never the query), and httpx's words only when they add
+        # to its exception's name (a ReadTimeout's are often just "ReadTimeout").
+        said = f": {detail}" if detail and detail != name else ""
+        error = cls(f"{name} at {origin}{said}", method=method, path=path)
         unsent = isinstance(exc, kinds.unsent)
         retryable = unsent or isinstance(exc, kinds.retryable)
         failure = _failure(error, not unsent, retryable, f"{name} after sending", exc)

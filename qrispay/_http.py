@@ -22,7 +22,7 @@ from . import _failures, _json
 from ._failures import Failure, TransportKinds, body_error
 from ._redact import Redactor, install_log_scrubber, live_secrets, scrub_chain
 from ._version import __version__
-from .errors import APIStatusError, OutcomeUnknownError, ResponseDecodeError
+from .errors import APIError, APIStatusError, OutcomeUnknownError, ResponseDecodeError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -150,6 +150,26 @@ def _decode(content: bytes) -> tuple[Any, str | None]:
         return None, "the answer is not JSON"
 
 
+def _origin(base_url: str) -> str:
+    """``scheme://host:port`` of ``base_url``: where a failed call went, for its
+    error, without the user part, the path or the query."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError):
+        return "the server"
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    return f"{url.scheme}://{host}:{port}" if port else f"{url.scheme}://{host}"
+
+
+def _counted(error: APIError, attempts: int) -> APIError:
+    # Said once, on the error raised: a user sees that it was retried, not just waited.
+    if attempts > 1:
+        error.message = f"{error.message}; {attempts} attempts"
+        error.args = (error.message,)
+    return error
+
+
 @attrs.frozen
 class Connection:
     """How a client reaches its server, as its constructor was given it (in
@@ -178,6 +198,7 @@ class HTTPCore:
         rng: random.Random | None = None,
     ):
         self.base_url = connection.base_url.rstrip("/")
+        self.origin = _origin(self.base_url)
         self._secrets = dict(secrets)
         self.redactor = Redactor(self._secrets.values())
         timeout = connection.timeout
@@ -264,12 +285,12 @@ class HTTPCore:
             if failure.may_have_left and not call.idempotent:
                 raise call.outcome_unknown(failure, self.redactor)
             if not failure.retryable or attempt >= retries:
-                raise failure.error
+                raise _counted(failure.error, attempt + 1)
             delay = failure.retry_after
             if delay is None:
                 delay = self._backoff(attempt)
             if end is not None and anyio.current_time() + delay >= end:
-                raise failure.error
+                raise _counted(failure.error, attempt + 1)
             attempt += 1
             self._log_retry(call, delay, attempt, retries, failure)
             await _sleep(delay)
@@ -302,7 +323,9 @@ class HTTPCore:
                     method, self.base_url + path, params=call.query, json=call.json_body
                 )
         except _FAILED_ATTEMPT as exc:
-            return _failures.from_exception(exc, _KINDS, self.redactor, method, path)
+            return _failures.from_exception(
+                exc, _KINDS, self.redactor, method, path, origin=self.origin
+            )
         status = response.status_code
         content = response.content
         logger.debug("%s %s -> %d (%d bytes)", method, path, status, len(content))

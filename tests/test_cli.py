@@ -165,7 +165,51 @@ def test_connection_refused_is_one_line(
     monkeypatch.setenv("QRISPAY_GATEWAY_URL", f"http://127.0.0.1:{port}")
     code, _, err = run(capsys, "balance")
     assert code == cli.EXIT_ERROR
-    assert one_error_line(err).startswith("qrispay: error: cannot connect")
+    line = one_error_line(err)
+    assert line.startswith("qrispay: error: cannot connect: ConnectError at ")
+    # Where it went (never the query: the key), that it was retried, the error once.
+    assert f"at http://127.0.0.1:{port}" in line
+    assert "; 3 attempts (GET /api/v1/balance)" in line
+    assert line.count("ConnectError") == 1
+    assert "?" not in line
+    assert "apikey" not in line
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_timeout_bounds_a_call_to_a_server_that_never_answers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    with socket.socket() as silent:  # connections complete in the kernel; nothing answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("QRISPAY_API_KEY", "k")
+        monkeypatch.setenv("QRISPAY_GATEWAY_URL", f"http://127.0.0.1:{port}")
+        argv = (
+            ["--timeout", "0.5", "balance"]
+            if where == "before"
+            else ["balance", "--timeout", "0.5"]
+        )
+        began = time.monotonic()
+        code, _, err = run(capsys, *argv)
+        took = time.monotonic() - began
+    assert code == cli.EXIT_ERROR
+    # Without --timeout a silent server holds the command 30 s an attempt.
+    assert took < 10
+    line = one_error_line(err)
+    assert line.startswith("qrispay: error: timed out: ")
+    assert f"http://127.0.0.1:{port}" in line
+    assert "(GET /api/v1/balance)" in line
+
+
+def test_timeout_must_be_a_positive_number(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QRISPAY_API_KEY", "k")
+    monkeypatch.setenv("QRISPAY_GATEWAY_URL", "http://127.0.0.1:9")
+    code, _, err = run(capsys, "balance", "--timeout", "0")
+    assert code == cli.EXIT_USAGE
+    assert "not a positive number of seconds" in err
 
 
 # -- balance and invoices ---------------------------------------------------------------

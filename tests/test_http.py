@@ -145,6 +145,34 @@ async def test_timeout_raises_api_timeout_error(api: respx.MockRouter, sleeps: l
     assert len(api.calls) == 2
 
 
+async def test_a_transport_error_names_the_host_the_attempts_and_itself_once(
+    sleeps: list[float],
+) -> None:
+    # A base URL with a user part, a path and a secret in the query: only the
+    # scheme, host and port may be shown.
+    base = "https://user:pw@gw.test/prefix"
+    with respx.mock(assert_all_called=False) as router:
+        route = router.get("https://gw.test/prefix/api/v1/balance")
+        route.mock(side_effect=httpx.ReadTimeout("ReadTimeout"))
+        async with GatewayClient(KEY, base_url=base, max_retries=2) as gw:
+            with pytest.raises(APITimeoutError) as caught:
+                await gw.get_balance()
+    said = str(caught.value)
+    assert said == "ReadTimeout at https://gw.test:443; 3 attempts (GET /api/v1/balance)"
+
+
+async def test_a_connect_error_keeps_httpx_words_and_one_attempt_says_no_count() -> None:
+    refused = httpx.ConnectError("All connection attempts failed")
+    with respx.mock(assert_all_called=False) as router:
+        router.get("http://gw.test:8080/api/v1/balance").mock(side_effect=refused)
+        async with GatewayClient(KEY, base_url="http://gw.test:8080", max_retries=0) as gw:
+            with pytest.raises(APIConnectionError) as caught:
+                await gw.get_balance()
+    assert caught.value.message == (
+        "ConnectError at http://gw.test:8080: All connection attempts failed"
+    )
+
+
 async def test_retry_after_is_honoured(api: respx.MockRouter, sleeps: list[float]) -> None:
     api.get("/api/v1/balance").mock(
         side_effect=[

@@ -17,9 +17,10 @@ from .. import errors, qris
 from .._http import Redactor
 from .._version import __version__
 from .._wire import FEED_PATH
-from . import demo, feed, gateway, sandbox, serve, watch
+from . import argtypes, context, demo, feed, gateway, sandbox, serve, watch
 from . import qris as qris_command
 from ._exit import CommandError, ExitCode
+from .argtypes import TIMEOUT_HELP
 from .context import ENV_VARS, SECRET_VARS, Ctx, Scrubbed, env, warnings_to
 from .output import Style, wants_colour
 
@@ -35,7 +36,8 @@ _EPILOG = (
     "  'qrispay sandbox' prints the values that point these at a local simulator.\n\n"
     "output:\n"
     "  tables by default; --json (before or after the command) for scripts: money as\n"
-    "  int rupiah, times as ISO 8601 with their offset ('watch --json': one object a line).\n\n"
+    "  int rupiah, times as ISO 8601 in WIB, +07:00 ('watch --json': one object a line).\n"
+    "  --timeout SECONDS (before or after the command): the most one API call may take.\n\n"
     "exit codes:\n"
     "  0 done   1 the API, the network or a payload said no   2 bad usage or configuration\n"
     "  3 the outcome of a create or cancel is unknown: look it up before trying again\n"
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qrispay {__version__}")
     parser.add_argument(
         "--json", action="store_true", default=False, help="print JSON instead of tables"
+    )
+    parser.add_argument(
+        "--timeout", type=argtypes.seconds, default=None, metavar="SECONDS", help=TIMEOUT_HELP
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for group in _GROUPS:
@@ -165,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         redactor = Redactor(part for name in SECRET_VARS for part in env(name).split())
         out = cast(TextIO, Scrubbed(sys.stdout, redactor))
         err = cast(TextIO, Scrubbed(sys.stderr, redactor))
+    context.call_timeout = args.timeout
     ctx = Ctx(json=args.json, out=out, err=err, style=Style(wants_colour(sys.stdout)))
     try:
         return _run(args, ctx, out, err)

@@ -74,6 +74,8 @@ def port(text: str) -> int:
 
 # -- building the parser ------------------------------------------------------------
 
+TIMEOUT_HELP = "the most one API call may take, retries included (default: 30 s an attempt)"
+
 
 def _shared() -> argparse.ArgumentParser:
     # --json after the command too; SUPPRESS keeps a --json given before it.
@@ -84,6 +86,7 @@ def _shared() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="print JSON instead of tables",
     )
+    common.add_argument("--timeout", type=seconds, default=argparse.SUPPRESS, help=TIMEOUT_HELP)
     return common
 
 

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .._http import Redactor
+from .._http import Redactor, Timeout
 from .._wire import DEFAULT_FEED_URL
 from ..gateway import GatewayClient
 from ..mutations import MutationClient
@@ -145,6 +145,19 @@ def _url(name: str, value: str) -> str:
     return value
 
 
+#: ``--timeout``: the most one API call of this command may take, retries
+#: included (None: the clients' defaults). Set by ``main`` for each run.
+call_timeout: float | None = None
+
+
+def _limits() -> dict[str, Any]:
+    if call_timeout is None:
+        return {}
+    # Each attempt within the whole: a call never outlasts --timeout, whatever it retries.
+    attempt = Timeout(min(30.0, call_timeout), connect=min(5.0, call_timeout))
+    return {"timeout": attempt, "deadline": call_timeout}
+
+
 def gateway_configured() -> bool:
     """Whether every gateway variable is set."""
     return all(env(name) for name in GATEWAY_VARS)
@@ -154,7 +167,7 @@ def gateway() -> GatewayClient:
     """The gateway client the environment describes."""
     values = require(GATEWAY_VARS, "needed for the gateway API")
     url = _url("QRISPAY_GATEWAY_URL", values["QRISPAY_GATEWAY_URL"])
-    return GatewayClient(values["QRISPAY_API_KEY"], base_url=url)
+    return GatewayClient(values["QRISPAY_API_KEY"], base_url=url, **_limits())
 
 
 def feed() -> MutationClient:
@@ -162,5 +175,9 @@ def feed() -> MutationClient:
     values = require(_FEED_VARS, "needed for the check-payment feed")
     url = _url("QRISPAY_FEED_URL", env("QRISPAY_FEED_URL") or DEFAULT_FEED_URL)
     return MutationClient(
-        values["QRISPAY_AUTH"], values["QRISPAY_MERCHANT"], values["QRISPAY_TOKEN"], base_url=url
+        values["QRISPAY_AUTH"],
+        values["QRISPAY_MERCHANT"],
+        values["QRISPAY_TOKEN"],
+        base_url=url,
+        **_limits(),
     )
