@@ -202,6 +202,33 @@ def test_timeout_bounds_a_call_to_a_server_that_never_answers(
     assert "(GET /api/v1/balance)" in line
 
 
+@pytest.mark.parametrize(
+    ("flags", "shown"),
+    [((), False), (("-v",), True), (("--log-level", "info"), True), (("--verbose",), True)],
+)
+def test_verbose_shows_the_retries_and_leaves_logging_as_it_was(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sleeps: list[float],
+    flags: tuple[str, ...],
+    shown: bool,
+) -> None:
+    import logging
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("QRISPAY_API_KEY", "secret-key-123")
+    monkeypatch.setenv("QRISPAY_GATEWAY_URL", f"http://127.0.0.1:{port}")
+    level = logging.getLogger("qrispay").level
+    code, _, err = run(capsys, "balance", *flags)
+    assert code == cli.EXIT_ERROR
+    retries = [line for line in err.splitlines() if line.startswith("qrispay: info: retrying")]
+    assert len(retries) == (2 if shown else 0)
+    assert "secret-key-123" not in err
+    assert logging.getLogger("qrispay").level == level
+
+
 def test_timeout_must_be_a_positive_number(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

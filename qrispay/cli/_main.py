@@ -21,7 +21,7 @@ from . import argtypes, context, demo, feed, gateway, sandbox, serve, watch
 from . import qris as qris_command
 from ._exit import CommandError, ExitCode
 from .argtypes import TIMEOUT_HELP
-from .context import ENV_VARS, SECRET_VARS, Ctx, Scrubbed, env, warnings_to
+from .context import ENV_VARS, SECRET_VARS, Ctx, Scrubbed, env, log_level, warnings_to
 from .output import Style, wants_colour
 
 __all__ = ["build_parser", "main"]
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=argtypes.seconds, default=None, metavar="SECONDS", help=TIMEOUT_HELP
     )
+    argtypes.logging_options(parser, default=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for group in _GROUPS:
         group.register(commands)
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, ctx: Ctx, out: TextIO, err: TextIO) -> int:
-    with warnings_to(err):
+    with warnings_to(err, log_level(args.verbose, args.log_level)):
         try:
             if args.asynchronous:
                 code = anyio.run(args.handler, args, ctx)

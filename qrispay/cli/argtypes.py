@@ -87,7 +87,25 @@ def _shared() -> argparse.ArgumentParser:
         help="print JSON instead of tables",
     )
     common.add_argument("--timeout", type=seconds, default=argparse.SUPPRESS, help=TIMEOUT_HELP)
+    logging_options(common, default=argparse.SUPPRESS)
     return common
+
+
+def logging_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    """``-v/--verbose`` and ``--log-level``: what qrispay logs, on stderr."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if default is None else default,
+        help="show qrispay's info lines (retries, conflicts); twice: debug",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=default,
+        help="the least severe qrispay log lines shown (default warning)",
+    )
 
 
 def command(

@@ -99,24 +99,45 @@ class Ctx:
 
 
 class _LogLine(logging.Formatter):
-    """``qrispay: warning: message``, one line, never a traceback."""
+    """``qrispay: warning: message``, one line, never a traceback; below
+    warnings (``-v``) the logger's name too, to say which part spoke."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"qrispay: {record.levelname.lower()}: {record.getMessage()}"
+        line = f"qrispay: {record.levelname.lower()}: {record.getMessage()}"
+        if record.levelno < logging.WARNING:
+            line += f" [{record.name}]"
+        return line
 
 
 @contextlib.contextmanager
-def warnings_to(stream: TextIO) -> Iterator[None]:
-    """The package's warnings, as one line each on ``stream``, while inside."""
+def warnings_to(stream: TextIO, level: int = logging.WARNING) -> Iterator[None]:
+    """The package's records from ``level`` up (warnings by default), as one
+    line each on ``stream``, while inside."""
     handler = logging.StreamHandler(stream)
-    handler.setLevel(logging.WARNING)
+    handler.setLevel(level)
     handler.setFormatter(_LogLine())
     target = logging.getLogger("qrispay")
+    before = target.level
+    if target.getEffectiveLevel() > level:
+        # Records below the root's level are not even made otherwise.
+        target.setLevel(level)
     target.addHandler(handler)
     try:
         yield
     finally:
         target.removeHandler(handler)
+        target.setLevel(before)
+
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+LOG_LEVELS["error"] = logging.ERROR
+
+
+def log_level(verbose: int, named: str | None) -> int:
+    """The level ``-v`` (info), ``-vv`` (debug) or ``--log-level`` asks for."""
+    if named is not None:
+        return LOG_LEVELS[named]
+    return {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
 
 
 # -- configuration ---------------------------------------------------------------
