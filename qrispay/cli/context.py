@@ -129,8 +129,12 @@ def warnings_to(stream: TextIO, level: int = logging.WARNING) -> Iterator[None]:
         target.setLevel(before)
 
 
-LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-LOG_LEVELS["error"] = logging.ERROR
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def log_level(verbose: int, named: str | None) -> int:
