@@ -311,6 +311,9 @@ def test_invoice_text_output(served: Sandbox, capsys: pytest.CaptureFixture[str]
     assert code == 0, err
     assert "Rp 10.001" in out
     assert "the customer pays exactly this" in out
+    # The create answer has no creation time: the moment it came is shown, in WIB.
+    created = next(line for line in out.splitlines() if line.lstrip().startswith("created"))
+    assert "WIB (when the gateway answered)" in created
     invoice_id = served.invoice_ids()[0]
     code, out, _ = run(capsys, "invoice", "cancel", invoice_id)
     assert code == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import attrs
@@ -19,14 +20,18 @@ from .output import Style, format_rupiah, format_time, key_values, table
 __all__ = ["register"]
 
 
-def _invoice_pairs(invoice: Invoice) -> list[tuple[str, object]]:
+def _invoice_pairs(invoice: Invoice, answered: datetime | None = None) -> list[tuple[str, object]]:
+    created = format_time(invoice.created_at)
+    if invoice.created_at is None and answered is not None:
+        # The create answer carries no creation time: the moment it came is the best known.
+        created = f"{format_time(answered)} (when the gateway answered)"
     pairs: list[tuple[str, object]] = [
         ("invoice", invoice.invoice_id),
         ("status", invoice.status),
         ("amount", format_rupiah(invoice.amount)),
         ("code/fee", format_rupiah(invoice.fee)),
         ("total", f"{format_rupiah(invoice.total)}  (the customer pays exactly this)"),
-        ("created", format_time(invoice.created_at)),
+        ("created", created),
         ("expires", format_time(invoice.expired_at)),
         ("QRIS image", invoice.qris_image or None),
     ]
@@ -84,9 +89,11 @@ async def _balance(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 async def _invoice(args: argparse.Namespace, ctx: Ctx) -> int:
+    answered = None
     async with context.gateway() as gw:
         if args.action == "create":
             invoice = await gw.create_invoice(args.amount)
+            answered = datetime.now(timezone.utc)
         elif args.action == "show":
             invoice = await gw.get_invoice(args.invoice_id)
         else:
@@ -100,7 +107,7 @@ async def _invoice(args: argparse.Namespace, ctx: Ctx) -> int:
     if ctx.json:
         ctx.emit(invoice)
     else:
-        ctx.line(key_values(_invoice_pairs(invoice)))
+        ctx.line(key_values(_invoice_pairs(invoice, answered)))
     return ExitCode.OK
 
 
