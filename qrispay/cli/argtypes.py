@@ -86,7 +86,9 @@ def _shared() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="print JSON instead of tables",
     )
-    common.add_argument("--timeout", type=seconds, default=argparse.SUPPRESS, help=TIMEOUT_HELP)
+    common.add_argument(
+        "--timeout", type=seconds, default=argparse.SUPPRESS, metavar="SECONDS", help=TIMEOUT_HELP
+    )
     logging_options(common, default=argparse.SUPPRESS)
     return common
 
