@@ -302,6 +302,7 @@ class HTTPCore:
     def _log_retry(
         self, call: _Call, delay: float, attempt: int, retries: int, failure: Failure
     ) -> None:
+        error = type(failure.error).__name__
         logger.info(
             "retrying %s %s in %.2fs (attempt %d of %d) after %s",
             call.method,
@@ -309,7 +310,15 @@ class HTTPCore:
             delay,
             attempt + 1,
             retries + 1,
-            type(failure.error).__name__,
+            error,
+            # For handlers that show progress (the command line on a terminal).
+            extra={
+                "retry_in": delay,
+                "attempt": attempt + 1,
+                "attempts": retries + 1,
+                "error": error,
+                "call": f"{call.method} {call.path}",
+            },
         )
 
     async def _attempt(

@@ -21,7 +21,16 @@ from . import argtypes, context, demo, feed, gateway, sandbox, serve, watch
 from . import qris as qris_command
 from ._exit import CommandError, ExitCode
 from .argtypes import TIMEOUT_HELP
-from .context import ENV_VARS, SECRET_VARS, Ctx, Scrubbed, env, log_level, warnings_to
+from .context import (
+    ENV_VARS,
+    SECRET_VARS,
+    Ctx,
+    Scrubbed,
+    env,
+    interactive,
+    log_level,
+    warnings_to,
+)
 from .output import Style, wants_colour
 
 __all__ = ["build_parser", "main"]
@@ -184,7 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, ctx: Ctx, out: TextIO, err: TextIO) -> int:
-    with warnings_to(err, log_level(args.verbose, args.log_level)):
+    # Retries shown as they come to a person at a terminal; never to a pipe or in JSON.
+    progress = not ctx.json and interactive(err)
+    with warnings_to(err, log_level(args.verbose, args.log_level), progress=progress):
         try:
             if args.asynchronous:
                 code = anyio.run(args.handler, args, ctx)

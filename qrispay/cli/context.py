@@ -29,6 +29,8 @@ __all__ = [
     "feed",
     "gateway",
     "gateway_configured",
+    "interactive",
+    "log_level",
     "require",
     "warnings_to",
 ]
@@ -98,6 +100,14 @@ class Ctx:
         self.out.flush()
 
 
+def interactive(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal (a person reads it, not a program)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class _LogLine(logging.Formatter):
     """``qrispay: warning: message``, one line, never a traceback; below
     warnings (``-v``) the logger's name too, to say which part spoke."""
@@ -109,13 +119,38 @@ class _LogLine(logging.Formatter):
         return line
 
 
+class _Progress(logging.Formatter):
+    """A retry as a person at a terminal wants it: ``qrispay: attempt 2 of 3 in
+    1.2 s, after APIConnectionError (GET /api/v1/balance)``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "retry_in", None) is None:
+            return _LogLine().format(record)
+        info = record.__dict__
+        return (
+            f"qrispay: attempt {info['attempt']} of {info['attempts']} in "
+            f"{info['retry_in']:.1f} s, after {info['error']} ({info['call']})"
+        )
+
+
+def _warnings_or_retries(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or hasattr(record, "retry_in")
+
+
 @contextlib.contextmanager
-def warnings_to(stream: TextIO, level: int = logging.WARNING) -> Iterator[None]:
+def warnings_to(
+    stream: TextIO, level: int = logging.WARNING, *, progress: bool = False
+) -> Iterator[None]:
     """The package's records from ``level`` up (warnings by default), as one
-    line each on ``stream``, while inside."""
+    line each on ``stream``, while inside; with ``progress`` (a terminal), each
+    retry too, as a line saying which attempt comes and when."""
     handler = logging.StreamHandler(stream)
-    handler.setLevel(level)
     handler.setFormatter(_LogLine())
+    if progress and level > logging.INFO:
+        handler.setFormatter(_Progress())
+        handler.addFilter(_warnings_or_retries)
+        level = logging.INFO
+    handler.setLevel(level)
     target = logging.getLogger("qrispay")
     before = target.level
     if target.getEffectiveLevel() > level:

@@ -12,7 +12,7 @@ from .._wire import FEED_PATH
 from . import argtypes
 from ._exit import CommandError, ConfigError, ExitCode
 from .argtypes import command, int_at_least, port, seconds
-from .context import Ctx
+from .context import Ctx, interactive
 from .output import format_rupiah, key_values, table
 
 __all__ = ["register"]
@@ -29,13 +29,6 @@ _COMMANDS = {
 _SANDBOX_HELP = "Commands (type one and Enter):\n" + "\n".join(
     f"  {usage:<22} {what}" for usage, what in _COMMANDS.values()
 )
-
-
-def _interactive(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def _wait_for_interrupt() -> None:  # pragma: no cover - replaced in tests
@@ -153,7 +146,7 @@ def _announce(args: argparse.Namespace, ctx: Ctx, url: str, env: dict[str, str])
         "then, e.g.:  qrispay invoice create 25000;  qrispay watch --ttl "
         f"{args.ttl:g} --invoice ID\n"
     )
-    if _interactive(sys.stdin):
+    if interactive(sys.stdin):
         ctx.line(_SANDBOX_HELP + "\n")
     ctx.line("Ctrl-C stops it.")
 
