@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import anyio
 import attrs
 
-from .errors import EventsOverflowError
+from ._subscription import Subscription
 from .events import Event
 
 __all__ = ["FleetEvent", "FleetSubscription", "FleetTap"]
@@ -22,51 +21,19 @@ class FleetEvent:
     event: Event
 
 
-class FleetSubscription:
+class FleetSubscription(Subscription[FleetEvent]):
     """Events of every merchant a fleet runs here, from the moment of
     subscribing, in each merchant's order. Iterate with ``async for``; a
     subscriber more than its buffer behind gets ``EventsOverflowError`` after
     what it did receive. Iteration ends when the fleet stops."""
 
-    def __init__(self, owner: FleetTap, buffer: int):
-        self._owner = owner
-        self._send, self._receive = anyio.create_memory_object_stream[FleetEvent](buffer)
-        self._overflowed = False
-
-    def _offer(self, item: FleetEvent) -> None:
-        if self._overflowed:
-            return
-        try:
-            self._send.send_nowait(item)
-        except anyio.WouldBlock:
-            self._overflowed = True
-            self._send.close()
-            self._owner.unsubscribe(self)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self._owner.unsubscribe(self)
+    _offer = Subscription._put
 
     def __aiter__(self) -> FleetSubscription:
         return self
 
     async def __anext__(self) -> FleetEvent:
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            self._receive.close()
-            if self._overflowed:
-                raise EventsOverflowError(
-                    "this subscriber fell behind its event buffer; events after the last "
-                    "one received were not delivered to it"
-                ) from None
-            raise StopAsyncIteration from None
-        except anyio.ClosedResourceError:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        """Unsubscribe; iteration ends."""
-        self._owner.unsubscribe(self)
-        self._send.close()
-        self._receive.close()
+        return await self._next()
 
     async def __aenter__(self) -> FleetSubscription:
         return self
@@ -96,7 +63,7 @@ class FleetTap:
     def subscribe(self, buffer: int) -> FleetSubscription:
         subscription = FleetSubscription(self, buffer)
         if self._stopped:
-            subscription._send.close()
+            subscription._end()
         else:
             self._subscribers.append(subscription)
         return subscription
@@ -112,4 +79,4 @@ class FleetTap:
         self._stopped = True
         subscribers, self._subscribers = self._subscribers, []
         for subscription in subscribers:
-            subscription._send.close()
+            subscription._end()

@@ -11,9 +11,9 @@ from typing import TypeAlias
 
 import anyio
 
+from ._subscription import Subscription
 from .engine import ReconciliationEngine
 from .errors import (
-    EventsOverflowError,
     InvoiceCancelledError,
     InvoiceExpiredError,
     ReconcilerStoppedError,
@@ -30,7 +30,7 @@ OUTCOMES_KEPT = 10_000
 Outcome: TypeAlias = InvoicePaid | InvoiceExpired | InvoiceCancelled
 
 
-class EventSubscription:
+class EventSubscription(Subscription[tuple[int, Event]]):
     """Events from the moment of subscribing, in order, through a bounded buffer.
 
     Iterate it with ``async for``. A subscriber that falls more than its buffer
@@ -39,54 +39,16 @@ class EventSubscription:
     Reconciler stops. Close it (``async with``, or ``aclose()``) to unsubscribe.
     """
 
-    def __init__(self, owner: EventHub, buffer: int):
-        self._owner = owner
-        # Each event with its commit ``seq`` (0 without a store), for a replaying reader.
-        self._send, self._receive = anyio.create_memory_object_stream[tuple[int, Event]](buffer)
-        self._overflowed = False
-
+    # Each event is kept with its commit ``seq`` (0 without a store), for a
+    # replaying reader (``_next``).
     def _offer(self, event: Event, seq: int) -> None:
-        if self._overflowed:
-            return
-        try:
-            self._send.send_nowait((seq, event))
-        except anyio.WouldBlock:
-            self._overflowed = True
-            self._send.close()
-            self._owner.unsubscribe(self)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self._owner.unsubscribe(self)
+        self._put((seq, event))
 
     def __aiter__(self) -> EventSubscription:
         return self
 
     async def __anext__(self) -> Event:
         return (await self._next())[1]
-
-    async def _next(self) -> tuple[int, Event]:
-        """The next event with its ``seq``."""
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            self._receive.close()
-            if self._overflowed:
-                raise EventsOverflowError(
-                    "this subscriber fell behind its event buffer; events after the last "
-                    "one received were not delivered to it"
-                ) from None
-            raise StopAsyncIteration from None
-        except anyio.ClosedResourceError:
-            raise StopAsyncIteration from None
-
-    def _end(self) -> None:
-        # The loop stopped: the subscriber drains what it has, then iteration ends.
-        self._send.close()
-
-    async def aclose(self) -> None:
-        """Unsubscribe; iteration ends."""
-        self._owner.unsubscribe(self)
-        self._send.close()
-        self._receive.close()
 
     async def __aenter__(self) -> EventSubscription:
         return self

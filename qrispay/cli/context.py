@@ -119,13 +119,13 @@ class _LogLine(logging.Formatter):
         return line
 
 
-class _Progress(logging.Formatter):
+class _Progress(_LogLine):
     """A retry as a person at a terminal wants it: ``qrispay: attempt 2 of 3 in
     1.2 s, after APIConnectionError (GET /api/v1/balance)``."""
 
     def format(self, record: logging.LogRecord) -> str:
         if getattr(record, "retry_in", None) is None:
-            return _LogLine().format(record)
+            return super().format(record)
         info = record.__dict__
         return (
             f"qrispay: attempt {info['attempt']} of {info['attempts']} in "
