@@ -156,6 +156,17 @@ async def wait_until(check: Callable[[], bool], limit: float) -> float:
     return anyio.current_time() - began
 
 
+async def invoice_each(world: Merchants, amount: int, *procs: Process) -> dict[str, int]:
+    """An invoice of ``amount`` for every merchant, made in the process that
+    holds it; each merchant's total."""
+    totals = {}
+    for merchant in world.ids:
+        holder = next(p for p in procs if merchant in p.fleet.held)
+        invoice = await holder.fleet.reconciler(merchant).create_invoice(amount)
+        totals[merchant] = invoice.total
+    return totals
+
+
 def held_by(*processes: Process) -> list[str]:
     return sorted(m for p in processes for m in p.fleet.held)
 
@@ -182,9 +193,7 @@ async def test_two_fleets_share_merchants_evenly_and_fetch_once_per_window(
             await tg.start(a.run)
             await tg.start(b.run)
             await wait_until(split(world, (a, 10), (b, 10)), 120)
-            for merchant in world.ids:
-                holder = a if merchant in a.fleet.held else b
-                await holder.fleet.reconciler(merchant).create_invoice(10_000)
+            await invoice_each(world, 10_000, a, b)
             await anyio.sleep(10 * INTERVAL)
             assert held_by(a, b) == world.ids, "a merchant held twice, or not at all"
             status = a.fleet.status
@@ -252,9 +261,7 @@ async def test_a_crashed_fleet_s_merchants_are_taken_within_the_lease(
             await tg.start(a.run)
             await tg.start(b.run)
             await wait_until(split(world, (a, 10), (b, 10)), 120)
-            for merchant in world.ids:
-                holder = a if merchant in a.fleet.held else b
-                await holder.fleet.reconciler(merchant).create_invoice(10_000)
+            await invoice_each(world, 10_000, a, b)
             await anyio.sleep(3 * INTERVAL)
             orphans = sorted(b.fleet.held)
             b.crash()
@@ -281,10 +288,7 @@ async def test_a_payment_made_during_a_crash_hand_over_is_reported_once(
             await tg.start(a.run)
             await tg.start(b.run)
             await wait_until(split(world, (a, 3), (b, 3)), 120)
-            for merchant in world.ids:
-                holder = a if merchant in a.fleet.held else b
-                invoice = await holder.fleet.reconciler(merchant).create_invoice(25_000)
-                totals[merchant] = invoice.total
+            totals.update(await invoice_each(world, 25_000, a, b))
             await anyio.sleep(2 * INTERVAL)
             b.crash()
             for merchant, total in totals.items():
