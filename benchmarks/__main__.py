@@ -1,9 +1,10 @@
 """``python -m benchmarks [--quick | --smoke] [--only NAME,...] [--markdown] [--output PATH]
-[--postgres DSN]``."""
+[--postgres DSN] [--charts DIR]``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -103,6 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"a PostgreSQL server for the stores suite's PostgreSQL figure "
         f"(default: ${stores.POSTGRES_ENV}; without one that figure is skipped)",
     )
+    parser.add_argument(
+        "--charts",
+        type=Path,
+        metavar="DIR",
+        help="also draw the charts of the chosen suites as PNG into DIR "
+        "(needs matplotlib: pip install 'qrispay[charts]'; see benchmarks/charts.py)",
+    )
     args = parser.parse_args(argv)
     if args.postgres:
         os.environ[stores.POSTGRES_ENV] = args.postgres
@@ -136,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(LEGEND)
     print(f"{mode} run, {elapsed:.0f} s, Python {meta['python']}, {meta['cpus']} CPUs; {GC_NOTE}")
     write_results(args.output, figures, meta)
+    if args.charts is not None:
+        from . import charts
+
+        results = json.loads(args.output.read_text())
+        for path in charts.draw(results, args.charts, charts.charts_for(chosen)):
+            print(f"chart: {path}", file=sys.stderr)
     return 0
 
 
