@@ -16,7 +16,7 @@ Then::
     curl -X POST localhost:8000/invoices -H 'content-type: application/json' \\
          -d '{"amount": 10000}'
     curl localhost:8000/invoices/<invoice_id>                 # pending, paid or expired
-    curl 'localhost:8000/invoices/<invoice_id>/wait?timeout=30'
+    curl localhost:8000/health                                 # rec.stats, 200 or 503
     curl -X POST localhost:8000/sandbox/pay/<invoice_id>       # sandbox only
 
 What the service knows lives in a SQLite file (``QRISPAY_DB``, default
@@ -49,7 +49,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from qrispay import (
@@ -61,8 +61,6 @@ from qrispay import (
     EventSubscription,
     GatewayClient,
     Invoice,
-    InvoiceCancelledError,
-    InvoiceExpiredError,
     InvoicePaid,
     InvoiceStatus,
     LatePayment,
@@ -100,9 +98,10 @@ logger = logging.getLogger("qrispay.examples.fastapi_app")
 GatewayFactory = Callable[[], GatewayClient]
 FeedFactory = Callable[[], MutationClient]
 
-#: The longest a client may hold a ``/wait`` request open. Bounded because a
-#: stopping Reconciler does not wake its waiters: shutdown waits for them.
-MAX_WAIT = 60.0
+#: Failed polls in a row after which ``/health`` answers 503 ("degraded"), so
+#: that a load balancer or a monitor notices the feed or the store is down.
+#: One failure is routine (a timeout, a 5xx); three mean minutes without news.
+DEGRADED_AFTER = 3
 
 
 # -- configuration -------------------------------------------------------------
@@ -342,25 +341,29 @@ async def get_invoice(invoice_id: InvoiceId, rec: ReconcilerDep) -> InvoiceOut:
     return InvoiceOut.of(invoice, status)
 
 
-@router.get(
-    "/invoices/{invoice_id}/wait",
-    response_model=InvoiceOut,
-    responses={408: {"description": "still pending"}, 410: {"description": "closed unpaid"}},
-)
-async def wait_for_invoice(
-    invoice_id: InvoiceId,
-    rec: ReconcilerDep,
-    timeout: Annotated[float, Query(gt=0, le=MAX_WAIT)] = 30.0,
-) -> InvoiceOut:
-    try:
-        paid = await rec.wait_for_payment(invoice_id, timeout=timeout)
-    except KeyError:
-        raise HTTPException(404, "no such invoice") from None
-    except (InvoiceExpiredError, InvoiceCancelledError) as error:
-        raise HTTPException(410, str(error)) from None
-    except TimeoutError:
-        raise HTTPException(408, "still pending; ask again") from None
-    return InvoiceOut.of(paid.invoice, InvoiceStatus.PAID)
+@router.get("/health")
+async def health(rec: ReconcilerDep, response: Response) -> dict[str, Any]:
+    """The Reconciler's counters for a monitor: 200 while polls succeed, 503
+    after ``DEGRADED_AFTER`` failures in a row. No long-poll route exists on
+    purpose: a client asks ``GET /invoices/{id}`` every few seconds, which
+    costs no gateway or feed request and never holds a shutdown."""
+    stats = rec.stats
+    degraded = stats.consecutive_failures >= DEGRADED_AFTER
+    if degraded:
+        response.status_code = 503
+    return {
+        "status": "degraded" if degraded else "ok",
+        # One worker per merchant polls; the others follow what it stores.
+        "polling": rec.is_polling,
+        "polls": stats.polls,
+        "failures": stats.failures,
+        "consecutive_failures": stats.consecutive_failures,
+        "last_success": None if stats.last_success is None else stats.last_success.isoformat(),
+        # The SDK's own message, scrubbed of credentials by the SDK.
+        "last_error": stats.last_error,
+        "commit_failures": stats.commit_failures,
+        "events": dict(stats.events),
+    }
 
 
 @router.get("/attention")

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -136,45 +136,62 @@ async def test_invoice_created_then_paid() -> None:
 
 
 @pytest.mark.anyio
-async def test_wait_returns_when_paid() -> None:
+async def test_no_long_poll_route_holds_a_request() -> None:
+    # A frontend asks the status route every few seconds instead: a held request
+    # would keep Ctrl-C and a rolling restart waiting.
     sandbox = Sandbox(ttl=TTL)
     async with running(make_app(sandbox)) as client:
         created = await create(client)
-
-        async def customer() -> None:
-            await anyio.sleep(0.05)
-            sandbox.pay(created["total"])
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(customer)
-            response = await client.get(
-                f"/invoices/{created['invoice_id']}/wait", params={"timeout": DEADLINE}
-            )
-        assert response.status_code == 200, response.text
-        assert response.json()["status"] == "paid"
-        # A caller arriving after the payment is answered at once.
-        again = await client.get(f"/invoices/{created['invoice_id']}/wait", params={"timeout": 1})
-        assert again.status_code == 200
+        response = await client.get(f"/invoices/{created['invoice_id']}/wait")
+        assert response.status_code == 404
+        assert (await client.get("/invoices/no-such-invoice")).status_code == 404
 
 
 @pytest.mark.anyio
-async def test_wait_times_out_and_unknown_ids() -> None:
+async def test_health_reports_the_reconciler_s_stats() -> None:
     sandbox = Sandbox(ttl=TTL)
     async with running(make_app(sandbox)) as client:
         created = await create(client)
-        response = await client.get(
-            f"/invoices/{created['invoice_id']}/wait", params={"timeout": 0.1}
-        )
-        assert response.status_code == 408
-        for bad in (0, -1, 3600, "soon"):
-            response = await client.get(
-                f"/invoices/{created['invoice_id']}/wait", params={"timeout": bad}
-            )
-            assert response.status_code == 422, bad
+        sandbox.pay(created["total"])
+        await eventually(client, created["invoice_id"], "paid")
+        response = await client.get("/health")
+        assert response.status_code == 200, response.text
+        health = response.json()
+        assert health["status"] == "ok"
+        assert health["polling"] is True
+        assert health["polls"] >= 1
+        assert health["consecutive_failures"] == 0
+        assert health["events"]["InvoicePaid"] == 1
+        last = datetime.fromisoformat(health["last_success"])
+        assert last.utcoffset() is not None
 
-        assert (await client.get("/invoices/no-such-invoice")).status_code == 404
-        unknown_wait = await client.get("/invoices/no-such-invoice/wait", params={"timeout": 1})
-        assert unknown_wait.status_code == 404
+
+@pytest.mark.anyio
+async def test_health_is_degraded_after_failures_in_a_row_and_recovers() -> None:
+    sandbox = Sandbox(ttl=TTL)
+    # Backoff capped short, so that three failures come within the deadline.
+    policy = PollPolicy(ttl=TTL, margin=0.05, max_backoff=0.3)
+    async with running(make_app(sandbox, policy=policy)) as client:
+        await create(client)  # an open invoice: the Reconciler polls
+        sandbox.fail_next("error", endpoint="check_payment", times=1000)
+        with anyio.fail_after(DEADLINE * 2):
+            while (response := await client.get("/health")).status_code != 503:
+                assert response.status_code == 200, response.text
+                await anyio.sleep(0.05)
+        health = response.json()
+        assert health["status"] == "degraded"
+        assert health["consecutive_failures"] >= fastapi_app.DEGRADED_AFTER
+        assert health["last_error"]
+        assert SECRET not in response.text
+        sandbox.clear_faults()
+        with anyio.fail_after(DEADLINE * 2):
+            while True:
+                response = await client.get("/health")
+                if response.status_code == 200:
+                    break
+                assert response.status_code == 503, response.text
+                await anyio.sleep(0.05)
+        assert response.json()["consecutive_failures"] == 0
 
 
 @pytest.mark.anyio
@@ -187,11 +204,6 @@ async def test_expired_invoice() -> None:
         created = await create(client)
         # Past expiry plus the engine's 2-minute skew.
         clock.advance(timedelta(minutes=18))
-        response = await client.get(
-            f"/invoices/{created['invoice_id']}/wait", params={"timeout": DEADLINE}
-        )
-        assert response.status_code == 410, response.text
-        assert "expired" in response.json()["detail"]
         assert (await eventually(client, created["invoice_id"], "expired"))["total"] == created[
             "total"
         ]
