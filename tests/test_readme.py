@@ -5,6 +5,9 @@ on a missing import and a feed client without ``base_url``)."""
 
 from __future__ import annotations
 
+import json
+import logging
+import logging.config
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +70,57 @@ async def test_the_fastapi_snippet_creates_reports_and_tells_its_health(served: 
     # The invoice reached the sandbox's gateway through the snippet's own clients.
     assert served.stats.requests["create_invoice"] == 1
     assert served.stats.feed_fetches >= 1
+
+
+LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+) +([\w.]+): (.*)$")
+NAMES = ("qrispay", "qrispay.reconciler", "uvicorn", "uvicorn.access")
+
+
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """dictConfig changes process-wide state: put every touched logger back."""
+    loggers = [logging.getLogger(name) for name in NAMES] + [logging.getLogger()]
+    saved = [(lg, lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers]
+    yield
+    for lg, level, handlers, propagate, disabled in saved:
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+        lg.disabled = disabled
+
+
+def lines(err: str) -> list[tuple[str, str, str]]:
+    found = []
+    for line in err.splitlines():
+        match = LINE.match(line)
+        assert match, f"not time, level, logger, message: {line!r}"
+        found.append((match[1], match[2], match[3]))
+    return found
+
+
+def test_the_script_logging_config_shows_qrispay_info_once(
+    capsys: pytest.CaptureFixture[str], logging_restored: None
+) -> None:
+    exec(compile(readme_block("logging.config.dictConfig("), "README.md", "exec"), {})
+    logging.getLogger("qrispay.store").debug("not shown: below INFO")
+    logging.getLogger("elsewhere").info("not shown: the root stays at WARNING")
+    assert lines(capsys.readouterr().err) == [
+        ("INFO", "qrispay.reconciler", "qrispay's INFO lines now show")
+    ]
+
+
+def test_the_uvicorn_log_config_keeps_uvicorn_and_adds_qrispay(
+    capsys: pytest.CaptureFixture[str], logging_restored: None
+) -> None:
+    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), re.S)
+    config = [json.loads(b) for b in blocks if '"uvicorn.access"' in b]
+    assert len(config) == 1
+    logging.config.dictConfig(config[0])
+    logging.getLogger("qrispay.reconciler").info("a retry")
+    logging.getLogger("uvicorn.error").info("Started server process")
+    logging.getLogger("uvicorn.access").info("GET /health 200")
+    assert lines(capsys.readouterr().err) == [
+        ("INFO", "qrispay.reconciler", "a retry"),
+        ("INFO", "uvicorn.error", "Started server process"),
+        ("INFO", "uvicorn.access", "GET /health 200"),
+    ]
