@@ -7,9 +7,22 @@ from collections.abc import Iterator
 import pytest
 
 from qrispay import _http
+from qrispay.sandbox import Sandbox
 
 #: A fake credential that every leak test searches for, raw and URL-encoded.
 SECRET = "s3cr3t+K3y/=&Zgekx7"
+
+
+def sandbox_env(sandbox: Sandbox, url: str) -> dict[str, str]:
+    """The ``QRISPAY_*`` settings a user would export for a sandbox served at ``url``."""
+    return {
+        "QRISPAY_API_KEY": sandbox.api_key,
+        "QRISPAY_GATEWAY_URL": url,
+        "QRISPAY_AUTH": sandbox.auth,
+        "QRISPAY_MERCHANT": sandbox.merchant,
+        "QRISPAY_TOKEN": sandbox.token,
+        "QRISPAY_FEED_URL": url,
+    }
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -29,7 +29,7 @@ from qrispay.cli import sandbox as cli_sandbox
 from qrispay.cli.output import format_rupiah, jsonable, wants_colour
 from qrispay.sandbox import Sandbox
 
-from .conftest import SECRET
+from .conftest import SECRET, sandbox_env
 
 STATIC = (
     "00020101021126340014ID.CO.QRIS.WWW0212ID10200000015204581253033605802ID"
@@ -45,14 +45,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def point_at(monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox, url: str) -> None:
-    for name, value in {
-        "QRISPAY_GATEWAY_URL": url,
-        "QRISPAY_API_KEY": sandbox.api_key,
-        "QRISPAY_FEED_URL": url,
-        "QRISPAY_AUTH": sandbox.auth,
-        "QRISPAY_MERCHANT": sandbox.merchant,
-        "QRISPAY_TOKEN": sandbox.token,
-    }.items():
+    for name, value in sandbox_env(sandbox, url).items():
         monkeypatch.setenv(name, value)
 
 

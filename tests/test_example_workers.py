@@ -24,6 +24,8 @@ import pytest
 
 from qrispay.sandbox import Sandbox
 
+from .conftest import sandbox_env
+
 ROOT = Path(__file__).resolve().parent.parent
 TTL = 1.0
 START_TIMEOUT = 30.0
@@ -76,12 +78,7 @@ def two_workers(
         env = dict(os.environ)
         env.update(
             {
-                "QRISPAY_API_KEY": sandbox.api_key,
-                "QRISPAY_GATEWAY_URL": url,
-                "QRISPAY_AUTH": sandbox.auth,
-                "QRISPAY_MERCHANT": sandbox.merchant,
-                "QRISPAY_TOKEN": sandbox.token,
-                "QRISPAY_FEED_URL": url,
+                **sandbox_env(sandbox, url),
                 "QRISPAY_FEED_TTL": str(TTL),
                 **store_env,
                 "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),

@@ -34,7 +34,7 @@ from qrispay import (
 )
 from qrispay.sandbox import SANDBOX_URL, ManualClock, Sandbox
 
-from .conftest import SECRET
+from .conftest import SECRET, sandbox_env
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ENV_NAMES = (
@@ -446,14 +446,7 @@ async def test_module_app_reads_the_environment_at_startup(
 
     sandbox = Sandbox(ttl=TTL, api_key=SECRET)
     with sandbox.serve() as url:
-        for name, value in {
-            "QRISPAY_API_KEY": sandbox.api_key,
-            "QRISPAY_GATEWAY_URL": url,
-            "QRISPAY_AUTH": sandbox.auth,
-            "QRISPAY_MERCHANT": sandbox.merchant,
-            "QRISPAY_TOKEN": sandbox.token,
-            "QRISPAY_FEED_URL": url,
-        }.items():
+        for name, value in sandbox_env(sandbox, url).items():
             monkeypatch.setenv(name, value)
         async with running(module.app) as client:
             assert sandbox.stats.feed_fetches == 1  # the first poll, at start-up

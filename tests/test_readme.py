@@ -19,6 +19,8 @@ import pytest
 
 from qrispay.sandbox import Sandbox
 
+from .conftest import sandbox_env
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
@@ -33,14 +35,7 @@ def readme_block(containing: str) -> str:
 def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     sandbox = Sandbox(ttl=0.5)
     with sandbox.serve(port=0) as url:
-        for name, value in {
-            "QRISPAY_API_KEY": sandbox.api_key,
-            "QRISPAY_GATEWAY_URL": url,
-            "QRISPAY_AUTH": sandbox.auth,
-            "QRISPAY_MERCHANT": sandbox.merchant,
-            "QRISPAY_TOKEN": sandbox.token,
-            "QRISPAY_FEED_URL": url,
-        }.items():
+        for name, value in sandbox_env(sandbox, url).items():
             monkeypatch.setenv(name, value)
         yield sandbox
 
