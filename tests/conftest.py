@@ -3,11 +3,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from qrispay import _http
-from qrispay.sandbox import Sandbox
+
+if TYPE_CHECKING:
+    from qrispay.sandbox import Sandbox
 
 #: A fake credential that every leak test searches for, raw and URL-encoded.
 SECRET = "s3cr3t+K3y/=&Zgekx7"
