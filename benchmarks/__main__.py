@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -143,11 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(figures, markdown=args.markdown))
     print(LEGEND)
     print(f"{mode} run, {elapsed:.0f} s, Python {meta['python']}, {meta['cpus']} CPUs; {GC_NOTE}")
-    write_results(args.output, figures, meta)
+    results = write_results(args.output, figures, meta)
     if args.charts is not None:
         from . import charts
 
-        results = json.loads(args.output.read_text())
         for path in charts.draw(results, args.charts, charts.charts_for(chosen)):
             print(f"chart: {path}", file=sys.stderr)
     return 0

@@ -142,7 +142,8 @@ def _json_number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def write_results(path: Path, figures: Sequence[Figure], meta: dict[str, Any]) -> None:
+def write_results(path: Path, figures: Sequence[Figure], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write the figures as JSON; returns what was written (the charts draw from it)."""
     data = {
         "meta": meta,
         "figures": [
@@ -159,3 +160,4 @@ def write_results(path: Path, figures: Sequence[Figure], meta: dict[str, Any]) -
         ],
     }
     path.write_text(json.dumps(data, indent=2) + "\n")
+    return data
