@@ -17,6 +17,7 @@ Then::
          -d '{"amount": 10000}'
     curl localhost:8000/invoices/<invoice_id>                 # pending, paid or expired
     curl localhost:8000/health                                 # rec.stats, 200 or 503
+    curl 'localhost:8000/events?after=<last id handled>&wait=5'  # the durable events
     curl -X POST localhost:8000/sandbox/pay/<invoice_id>       # sandbox only
 
 What the service knows lives in a SQLite file (``QRISPAY_DB``, default
@@ -44,12 +45,12 @@ import pathlib
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, closing
-from datetime import datetime
+from contextlib import asynccontextmanager, closing, suppress
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from qrispay import (
@@ -58,6 +59,7 @@ from qrispay import (
     BalanceGap,
     DuplicatePayment,
     Event,
+    EventsOverflowError,
     EventSubscription,
     GatewayClient,
     Invoice,
@@ -327,18 +329,108 @@ async def create_invoice(body: CreateInvoice, rec: ReconcilerDep) -> InvoiceOut:
     return InvoiceOut.of(invoice, InvoiceStatus.PENDING)
 
 
+#: The events of an invoice closing, by the status they mean. A close is stored
+#: with its event in one transaction, so a stored event is a committed fact.
+_CLOSES = (
+    (InvoiceStatus.PAID, "paid:"),
+    (InvoiceStatus.EXPIRED, "expired:"),
+    (InvoiceStatus.EXPIRED, "cancelled:"),
+)
+
+
+async def committed_status(rec: Reconciler, invoice_id: str) -> InvoiceStatus:
+    """The invoice's status as the store holds it. The engine changes an
+    invoice's state when a poll judges a row, a moment before that poll is
+    committed; a crash in that moment would make a frontend see paid, then
+    pending, then paid again. A worker that does not poll also lags the store by
+    up to a second. So the closing events are looked up (one indexed read each)."""
+    assert rec.store is not None
+    for status, prefix in _CLOSES:
+        try:
+            await rec.store.event_seq(rec.feed.merchant, prefix + invoice_id)
+        except KeyError:
+            continue
+        return status
+    return InvoiceStatus.PENDING
+
+
 @router.get("/invoices/{invoice_id}", response_model=InvoiceOut)
 async def get_invoice(invoice_id: InvoiceId, rec: ReconcilerDep) -> InvoiceOut:
-    # The engine's view, not a gateway call: it is what the Reconciler has
-    # confirmed, and reading it costs no request against anyone's quota.
+    # What is committed, not a gateway call: it costs no request against anyone's quota.
     if rec.engine.get(invoice_id) is None:
         # Another worker may have made it within the last second.
         await rec.refresh()
     invoice = rec.engine.get(invoice_id)
-    status = rec.engine.state_of(invoice_id)
-    if invoice is None or status is None:
+    if invoice is None:
         raise HTTPException(404, "no such invoice")
-    return InvoiceOut.of(invoice, status)
+    return InvoiceOut.of(invoice, await committed_status(rec, invoice_id))
+
+
+#: Longest ``wait`` of ``GET /events``: short, so that no request holds a
+#: shutdown or a rolling restart for long.
+MAX_EVENTS_WAIT = 10.0
+WIB = timezone(timedelta(hours=7))
+
+
+def event_out(seq_event: Any) -> dict[str, Any]:
+    """A stored event for a backend in any language: ids, money as int rupiah,
+    times in +07:00. No QR payload, no reference, never a credential."""
+    event: Event = seq_event.event()
+    invoice = getattr(event, "invoice", None)
+    row = getattr(event, "mutation", None)
+    if isinstance(event, BalanceGap):
+        amount: int | None = event.missing
+        row = event.after
+    elif row is not None:
+        amount = row.amount
+    else:
+        amount = None if invoice is None else invoice.total
+    return {
+        "id": event.id,
+        "type": event.kind,
+        "invoice_id": None if invoice is None else invoice.invoice_id,
+        "amount": amount,
+        "row_date": None if row is None else row.date.astimezone(WIB).isoformat(),
+        "committed_at": seq_event.created_at.astimezone(WIB).isoformat(),
+        "needs_person": isinstance(event, NEEDS_A_PERSON),
+    }
+
+
+@router.get("/events")
+async def events_feed(
+    rec: ReconcilerDep,
+    after: Annotated[str, Query(max_length=256)] = "",
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    wait: Annotated[float, Query(ge=0, le=MAX_EVENTS_WAIT)] = 0.0,
+) -> dict[str, Any]:
+    """The stored events committed after the event ``after`` (none: from the
+    first), oldest first, for a consumer that remembers the last id it handled
+    and resumes after it: nothing missed, nothing repeated, in every worker
+    (they all read the one store). With ``wait`` (seconds, at most 10) and
+    nothing new, it waits that long at most for the next event, and returns
+    at once when the service stops."""
+    assert rec.store is not None
+    merchant = rec.feed.merchant
+    try:
+        seq = 0 if after == "" else await rec.store.event_seq(merchant, after)
+    except KeyError:
+        raise HTTPException(404, "no stored event has this id; resume from a returned id") from None
+    # Subscribed before reading, so an event committed in between wakes the wait.
+    async with rec.events(buffer=1) as live:
+        found = await rec.store.events_after(merchant, seq, limit + 1)
+        if not found and wait > 0:
+            with anyio.move_on_after(wait):
+                # Ends early when the service stops (or on a second wake): read again.
+                with suppress(StopAsyncIteration, EventsOverflowError):
+                    await live.__anext__()
+            found = await rec.store.events_after(merchant, seq, limit + 1)
+    data = [event_out(stored) for stored in found[:limit]]
+    return {
+        "events": data,
+        "has_more": len(found) > limit,
+        # Where to resume: the last id returned, or the one asked for.
+        "next_after": data[-1]["id"] if data else after,
+    }
 
 
 @router.get("/health")

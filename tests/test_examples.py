@@ -492,3 +492,111 @@ async def test_task_group_example_expired() -> None:
             paid = await task_group.main(gateway, feed, policy=FAST, clock=clock, present=present)
     assert paid is None
     assert [sandbox.invoice(i)["status"] for i in sandbox.invoice_ids()] == ["expired"]
+
+
+# -- the durable events feed and committed statuses -------------------------------
+
+
+async def events_page(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
+    response = await client.get("/events", params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@pytest.mark.anyio
+async def test_events_feed_resumes_after_an_id_without_repeating(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sandbox = Sandbox(ttl=TTL, api_key=SECRET)
+    async with running(make_app(sandbox)) as client:
+        assert (await events_page(client))["events"] == []
+        first = await create(client)
+        sandbox.pay(first["total"])
+        await eventually(client, first["invoice_id"], "paid")
+        page = await events_page(client, wait=DEADLINE)
+        assert [e["id"] for e in page["events"]] == [f"paid:{first['invoice_id']}"]
+        paid = page["events"][0]
+        assert paid["type"] == "invoice.paid"
+        assert paid["invoice_id"] == first["invoice_id"]
+        assert paid["amount"] == first["total"]
+        assert paid["committed_at"].endswith("+07:00")
+        assert paid["row_date"].endswith("+07:00")
+        assert paid["needs_person"] is False
+        assert page["next_after"] == paid["id"]
+        assert page["has_more"] is False
+
+        # Nothing new: an empty page that says where to resume, at once.
+        again = await events_page(client, after=page["next_after"])
+        assert again == {"events": [], "has_more": False, "next_after": paid["id"]}
+
+        # A wait ends with the next event: a wrong amount, for a person.
+        sandbox.pay(77_777)
+        with anyio.fail_after(DEADLINE):
+            later = await events_page(client, after=paid["id"], wait=DEADLINE)
+        assert [e["type"] for e in later["events"]] == ["payment.unmatched"]
+        assert later["events"][0]["amount"] == 77_777
+        assert later["events"][0]["needs_person"] is True
+
+        # limit pages through them, each once.
+        one = await events_page(client, limit=1)
+        assert one["has_more"] is True
+        rest = await events_page(client, after=one["next_after"], limit=1)
+        assert [e["id"] for e in one["events"] + rest["events"]] == [
+            paid["id"],
+            later["events"][0]["id"],
+        ]
+        texts = [one, rest, page, later]
+    for text in [*map(str, texts), caplog.text]:
+        for form in SECRET_FORMS | {sandbox.auth, sandbox.token}:
+            assert form not in text
+
+
+@pytest.mark.anyio
+async def test_events_feed_refuses_unknown_or_invalid_after_and_long_waits() -> None:
+    sandbox = Sandbox(ttl=TTL)
+    async with running(make_app(sandbox)) as client:
+        unknown = await client.get("/events", params={"after": "paid:no-such-invoice"})
+        assert unknown.status_code == 404
+        assert "no stored event" in unknown.json()["detail"]
+        for params in ({"after": "x" * 257}, {"limit": 0}, {"limit": 501}, {"wait": 11}):
+            assert (await client.get("/events", params=params)).status_code == 422, params
+
+
+@pytest.mark.anyio
+async def test_status_says_paid_only_once_the_payment_is_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The poll's commit is held: the engine already says paid, the store does not.
+    gate = anyio.Event()
+    held = anyio.Event()
+    real_store_for = fastapi_app.store_for
+
+    def gated_store(path: Path) -> Any:
+        store = real_store_for(path)
+        commit = store.commit
+
+        async def held_commit(merchant: str, changes: Any) -> Any:
+            if any(event_id.startswith("paid:") for event_id, _, _ in changes.events):
+                held.set()
+                await gate.wait()
+            return await commit(merchant, changes)
+
+        store.commit = held_commit  # type: ignore[method-assign]
+        return store
+
+    monkeypatch.setattr(fastapi_app, "store_for", gated_store)
+    sandbox = Sandbox(ttl=TTL)
+    app = make_app(sandbox)
+    async with running(app) as client:
+        created = await create(client)
+        sandbox.pay(created["total"])
+        with anyio.fail_after(DEADLINE):
+            await held.wait()
+        invoice_id = created["invoice_id"]
+        assert app.state.reconciler.engine.state_of(invoice_id) is InvoiceStatus.PAID
+        response = await client.get(f"/invoices/{invoice_id}")
+        assert response.json()["status"] == "pending"
+        gate.set()
+        await eventually(client, invoice_id, "paid")
