@@ -318,6 +318,9 @@ class HTTPCore:
                 "attempts": retries + 1,
                 "error": error,
                 "call": f"{call.method} {call.path}",
+                "method": call.method,
+                "path": call.path,
+                "status": getattr(failure.error, "status_code", None),
             },
         )
 

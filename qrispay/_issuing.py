@@ -68,6 +68,13 @@ async def create_at_gateway(
                     "gateway gave invoice %s the taken total %d; creating another",
                     invoice.invoice_id,
                     invoice.total,
+                    extra={
+                        "invoice_id": invoice.invoice_id,
+                        "total": invoice.total,
+                        "holder": conflict.invoice_id,
+                        "attempt": len(made),
+                        "attempts": MAX_CREATIONS,
+                    },
                 )
                 taken.append(invoice)
                 last_conflict = conflict

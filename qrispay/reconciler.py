@@ -36,7 +36,7 @@ from ._stats import ReconcilerStats
 from ._workers import FOLLOW_INTERVAL, StoreLoop, check_follow_interval
 from .engine import ReconciliationEngine
 from .errors import InvoiceStateConflictError, LeaseLostError, QrispayError, RateLimitError
-from .events import Event
+from .events import Event, InvoicePaid
 from .gateway import GatewayClient
 from .models import MutationBatch
 from .mutations import MutationClient
@@ -362,6 +362,15 @@ class Reconciler(InvoiceMethods, StoreLoop):
             self._schedule.backoff,
             self.stats.last_error,
             exc_info=not isinstance(error, QrispayError),
+            extra={
+                "merchant": self.feed.merchant,
+                "attempt": self.stats.consecutive_failures,
+                "next_poll_in": self._schedule.backoff,
+                "error": type(error).__name__,
+                "method": getattr(error, "method", None),
+                "path": getattr(error, "path", None),
+                "status": getattr(error, "status_code", None),
+            },
         )
 
     def _expire_due(self, fetch_started: datetime) -> list[Event]:
@@ -407,6 +416,20 @@ class Reconciler(InvoiceMethods, StoreLoop):
             # Keyed by class name ("InvoicePaid"), as ReconcilerStats.events always was.
             name = type(event).__name__
             counts[name] = counts.get(name, 0) + 1
+            if isinstance(event, InvoicePaid):
+                # Logged once committed, in every worker that publishes it.
+                logger.info(
+                    "invoice %s paid (%s)",
+                    event.invoice.invoice_id,
+                    event.source,
+                    extra={
+                        "merchant": self.feed.merchant,
+                        "invoice_id": event.invoice.invoice_id,
+                        "event_id": event.id,
+                        "amount": event.invoice.total,
+                        "source": event.source,
+                    },
+                )
         self._hub.publish(events)
         if self._tap is not None:
             self._tap(events)
