@@ -172,6 +172,14 @@ def test_two_processes_share_the_store_and_report_each_payment_once(
         )
         assert [item["type"] for item in attention] == ["payment.duplicate"]
 
+    # The durable events feed reads the one store: every worker answers the same
+    # events, and resuming after one of them in the other repeats none.
+    pages = [httpx.get(f"{base}/events", timeout=10).json()["events"] for base in bases]
+    assert [e["id"] for e in pages[0]] == [e["id"] for e in pages[1]]
+    assert {e["id"] for e in pages[0]} >= {event_id for event_id, _ in rows}
+    resumed = httpx.get(f"{bases[1]}/events", params={"after": pages[0][3]["id"]}, timeout=10)
+    assert [e["id"] for e in resumed.json()["events"]] == [e["id"] for e in pages[0][4:]]
+
     # One of them polls: about one fetch per cache window for both together.
     elapsed = time.monotonic() - started
     fetches = sandbox.stats.feed_fetches - fetches_before
