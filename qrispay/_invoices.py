@@ -22,6 +22,7 @@ from .models import Invoice, InvoiceStatus
 
 if TYPE_CHECKING:
     from .engine import ReconciliationEngine
+    from .mutations import MutationClient
 
 __all__ = ["LOCAL_TRIES", "InvoiceMethods"]
 
@@ -36,6 +37,7 @@ class InvoiceMethods:
     _engine: ReconciliationEngine | None
     _hub: EventHub
     gateway: GatewayClient | None
+    feed: MutationClient
     static_qris: str | None
     invoice_ttl: timedelta
 
@@ -135,6 +137,7 @@ class InvoiceMethods:
                 clock=self._now,
                 on_tracked=self._poke,
                 made=made,
+                merchant=self.feed.merchant,
             )
         assert self.static_qris is not None
         invoice = create_local(

@@ -38,6 +38,7 @@ async def create_at_gateway(
     clock: Callable[[], datetime],
     on_tracked: Callable[[], None],
     made: list[Invoice] | None = None,
+    merchant: str | None = None,
 ) -> Invoice:
     """A gateway invoice, tracked by the engine ``current_engine()`` gives once
     the gateway has answered (``on_tracked`` is called then).
@@ -69,6 +70,7 @@ async def create_at_gateway(
                     invoice.invoice_id,
                     invoice.total,
                     extra={
+                        "merchant": merchant,
                         "invoice_id": invoice.invoice_id,
                         "total": invoice.total,
                         "holder": conflict.invoice_id,

@@ -137,4 +137,5 @@ async def test_a_total_conflict(caplog: pytest.LogCaptureFixture) -> None:
         assert vars(record)["total"] == 10_000 + int(vars(record)["holder"][-1])
         assert vars(record)["invoice_id"] in sandbox.invoice_ids()
         assert vars(record)["attempts"] == 3
+        assert vars(record)["merchant"] == sandbox.merchant
     _assert_no_secret(caplog)
