@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,3 +106,36 @@ def test_no_spinner_on_a_pipe_with_json_or_no_progress(
     assert err == b""
     _, plain_out, _ = _balance(slow_env, *flags, terminal=False)
     assert out == plain_out
+
+
+def test_ctrl_c_stops_the_spinner_and_erases_it(slow_env: dict[str, str]) -> None:
+    argv = [sys.executable, "-m", "qrispay", "balance"]
+    main, other = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env=slow_env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=other,
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(other)
+        chunks: list[bytes] = []
+        while b"GET balance" not in b"".join(chunks):  # the spinner is up
+            chunks.append(os.read(main, 4096))
+        proc.send_signal(signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        code = proc.wait(timeout=60)
+    finally:
+        os.close(main)
+    text = b"".join(chunks).decode()
+    assert code == 130
+    assert [line for line in visible(text).splitlines() if line] == ["qrispay: interrupted"]
