@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .test_cli_spinner import visible
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "secret-api-key-value"
@@ -59,9 +62,12 @@ def _balance(*flags: str, terminal: bool) -> tuple[int, str]:
 
 
 def test_on_a_terminal_each_retry_is_shown_before_the_error() -> None:
-    code, err = _balance(terminal=True)
+    code, raw = _balance(terminal=True)
     assert code == 1
-    lines = err.strip().splitlines()
+    # The spinner is drawn during the backoff sleeps and erased before each line.
+    assert re.search(r"\r. GET balance from 127\.0\.0\.1:\d+", raw), raw
+    err = visible(raw)
+    lines = [line for line in err.strip().splitlines() if line]
     assert lines[0].startswith("qrispay: attempt 2 of 3 in ")
     assert lines[0].endswith(" s, after APIConnectionError (GET /api/v1/balance)")
     assert lines[1].startswith("qrispay: attempt 3 of 3 in ")

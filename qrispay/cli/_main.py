@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
 import anyio
 
@@ -32,6 +32,7 @@ from .context import (
     warnings_to,
 )
 from .output import Style, wants_colour
+from .progress import Guarded, Spinner
 
 __all__ = ["build_parser", "main"]
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=argtypes.seconds, default=None, metavar="SECONDS", help=TIMEOUT_HELP
     )
+    argtypes.progress_option(parser, default=False)
     argtypes.logging_options(parser, default=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for group in _GROUPS:
@@ -181,9 +183,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = cast(TextIO, Scrubbed(sys.stdout, redactor))
         err = cast(TextIO, Scrubbed(sys.stderr, redactor))
     context.call_timeout = args.timeout
-    ctx = Ctx(json=args.json, out=out, err=err, style=Style(wants_colour(sys.stdout)))
+    spinner = None
+    # Progress for a person at a terminal; never to a pipe, in JSON or on a dumb terminal.
+    progress = (
+        not args.json
+        and not args.no_progress
+        and interactive(err)
+        and os.environ.get("TERM") != "dumb"
+    )
+    if progress and args.asynchronous:
+        encoding = (getattr(sys.stderr, "encoding", None) or "").lower().replace("-", "")
+        spinner = Spinner(err, unicode=encoding == "utf8", fileno=_fileno(sys.stderr))
+        out = cast(TextIO, Guarded(out, spinner))
+        err = cast(TextIO, Guarded(err, spinner))
+    ctx = Ctx(
+        json=args.json,
+        out=out,
+        err=err,
+        style=Style(wants_colour(sys.stdout)),
+        spinner=spinner,
+    )
     try:
-        return _run(args, ctx, out, err)
+        return _run(args, ctx, out, err, progress)
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python from
         # complaining again when it flushes stdout at exit.
@@ -192,12 +213,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.ERROR
 
 
-def _run(args: argparse.Namespace, ctx: Ctx, out: TextIO, err: TextIO) -> int:
+def _fileno(stream: TextIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+async def _spinning(handler: Any, args: argparse.Namespace, ctx: Ctx) -> int:
+    """Run ``handler`` with the spinner redrawn beside it; its result or error as is."""
+    assert ctx.spinner is not None
+    failure: Exception | None = None
+    code = 0
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ctx.spinner.run)
+        try:
+            code = int(await handler(args, ctx))
+        except Exception as error:  # re-raised outside, not wrapped in a group
+            failure = error
+        finally:
+            tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return code
+
+
+def _run(args: argparse.Namespace, ctx: Ctx, out: TextIO, err: TextIO, progress: bool) -> int:
     # Retries shown as they come to a person at a terminal; never to a pipe or in JSON.
-    progress = not ctx.json and interactive(err)
     with warnings_to(err, log_level(args.verbose, args.log_level), progress=progress):
         try:
-            if args.asynchronous:
+            if ctx.spinner is not None:
+                code = anyio.run(_spinning, args.handler, args, ctx)
+            elif args.asynchronous:
                 code = anyio.run(args.handler, args, ctx)
             else:
                 code = args.handler(args, ctx)

@@ -89,8 +89,19 @@ def _shared() -> argparse.ArgumentParser:
     common.add_argument(
         "--timeout", type=seconds, default=argparse.SUPPRESS, metavar="SECONDS", help=TIMEOUT_HELP
     )
+    progress_option(common, default=argparse.SUPPRESS)
     logging_options(common, default=argparse.SUPPRESS)
     return common
+
+
+def progress_option(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    """``--no-progress``: no spinner and no retry lines, even on a terminal."""
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        default=default,
+        help="no spinner or retry lines on a terminal (as on a pipe)",
+    )
 
 
 def logging_options(parser: argparse.ArgumentParser, *, default: Any) -> None:

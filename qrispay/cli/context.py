@@ -18,6 +18,7 @@ from ..gateway import GatewayClient
 from ..mutations import MutationClient
 from ._exit import ConfigError
 from .output import Style, dumps
+from .progress import Spinner, call_label
 
 __all__ = [
     "ENV_VARS",
@@ -84,6 +85,16 @@ class Ctx:
     out: TextIO
     err: TextIO
     style: Style
+    #: The spinner on a terminal's stderr (None: on a pipe, with --json or --no-progress).
+    spinner: Spinner | None = None
+
+    def waiting(self, endpoint: str, url_var: str) -> contextlib.AbstractContextManager[None]:
+        """Show, on a terminal, that the call to ``endpoint`` (at the URL in
+        the variable ``url_var``) is awaited, until the block ends."""
+        if self.spinner is None:
+            return contextlib.nullcontext()
+        url = env(url_var) or (DEFAULT_FEED_URL if url_var == "QRISPAY_FEED_URL" else "")
+        return self.spinner.waiting(call_label(endpoint, url))
 
     def line(self, text: str = "") -> None:
         """A line of the command's output."""

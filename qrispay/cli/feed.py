@@ -18,7 +18,8 @@ _HEADERS = ("date", "type", "amount", "balance", "brand", "qris", "issuer_reff",
 
 async def _mutations(args: argparse.Namespace, ctx: Ctx) -> int:
     async with context.feed() as feed:
-        batch = await feed.fetch()
+        with ctx.waiting("check_payment", "QRISPAY_FEED_URL"):
+            batch = await feed.fetch()
     if ctx.json:
         ctx.emit({"rows": batch.rows, "rejected": batch.rejected})
         return ExitCode.OK

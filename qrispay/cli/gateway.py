@@ -80,7 +80,8 @@ def _withdrawal_table(items: Sequence[Withdrawal], style: Style) -> str:
 
 async def _balance(args: argparse.Namespace, ctx: Ctx) -> int:
     async with context.gateway() as gw:
-        balance = await gw.get_balance()
+        with ctx.waiting("balance", "QRISPAY_GATEWAY_URL"):
+            balance = await gw.get_balance()
     if ctx.json:
         ctx.emit(balance)
     else:
@@ -92,12 +93,15 @@ async def _invoice(args: argparse.Namespace, ctx: Ctx) -> int:
     answered = None
     async with context.gateway() as gw:
         if args.action == "create":
-            invoice = await gw.create_invoice(args.amount)
+            with ctx.waiting("create_invoice", "QRISPAY_GATEWAY_URL"):
+                invoice = await gw.create_invoice(args.amount)
             answered = datetime.now(timezone.utc)
         elif args.action == "show":
-            invoice = await gw.get_invoice(args.invoice_id)
+            with ctx.waiting("invoice_status", "QRISPAY_GATEWAY_URL"):
+                invoice = await gw.get_invoice(args.invoice_id)
         else:
-            result = await gw.cancel_invoice(args.invoice_id)
+            with ctx.waiting("cancel_invoice", "QRISPAY_GATEWAY_URL"):
+                result = await gw.cancel_invoice(args.invoice_id)
             if ctx.json:
                 ctx.emit(result)
             else:
@@ -114,12 +118,15 @@ async def _invoice(args: argparse.Namespace, ctx: Ctx) -> int:
 async def _withdraw(args: argparse.Namespace, ctx: Ctx) -> int:
     async with context.gateway() as gw:
         if args.action == "list":
-            await (_withdraw_all(gw, args, ctx) if args.all else _withdraw_page(gw, args, ctx))
+            with ctx.waiting("withdrawal_history", "QRISPAY_GATEWAY_URL"):
+                await (_withdraw_all(gw, args, ctx) if args.all else _withdraw_page(gw, args, ctx))
             return ExitCode.OK
         if args.action == "create":
-            w = await gw.create_withdrawal(args.amount, args.account_number, args.account_name)
+            with ctx.waiting("create_withdrawal", "QRISPAY_GATEWAY_URL"):
+                w = await gw.create_withdrawal(args.amount, args.account_number, args.account_name)
         else:
-            w = await gw.get_withdrawal(args.withdraw_id)
+            with ctx.waiting("withdrawal_status", "QRISPAY_GATEWAY_URL"):
+                w = await gw.get_withdrawal(args.withdraw_id)
     if ctx.json:
         ctx.emit(w)
         return ExitCode.OK
