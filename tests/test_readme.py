@@ -1,5 +1,6 @@
-"""The README's FastAPI snippet runs as printed, against a sandbox on loopback
-with the settings in the environment variables it reads: its imports, its
+"""The documentation's FastAPI snippet (docs/guides/fastapi.md) runs as
+printed, against a sandbox on loopback with the settings in the environment
+variables it reads: its imports, its
 clients' base URLs and its routes (the snippets a newcomer copied first failed
 on a missing import and a feed client without ``base_url``)."""
 
@@ -21,13 +22,20 @@ from qrispay.sandbox import Sandbox
 
 from .conftest import sandbox_env
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+#: The README and every page of the documentation site.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
+def docs_text() -> str:
+    return "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+
+
 def readme_block(containing: str) -> str:
-    blocks = [b for b in BLOCK.findall(README.read_text()) if containing in b]
-    assert len(blocks) == 1, f"{len(blocks)} README python blocks contain {containing!r}"
+    """The one python block of the README or the docs that contains ``containing``."""
+    blocks = [b for b in BLOCK.findall(docs_text()) if containing in b]
+    assert len(blocks) == 1, f"{len(blocks)} python blocks in the docs contain {containing!r}"
     return blocks[0]
 
 
@@ -44,7 +52,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
 @pytest.mark.timeout(30)
 async def test_the_fastapi_snippet_creates_reports_and_tells_its_health(served: Sandbox) -> None:
     namespace: dict[str, Any] = {"__name__": "readme_fastapi"}
-    exec(compile(readme_block('@app.get("/health")'), "README.md", "exec"), namespace)
+    exec(compile(readme_block('@app.get("/health")'), "docs", "exec"), namespace)
     app = namespace["app"]
     with anyio.fail_after(20):
         async with app.router.lifespan_context(app):
@@ -96,7 +104,7 @@ def lines(err: str) -> list[tuple[str, str, str]]:
 def test_the_script_logging_config_shows_qrispay_info_once(
     capsys: pytest.CaptureFixture[str], logging_restored: None
 ) -> None:
-    exec(compile(readme_block("logging.config.dictConfig("), "README.md", "exec"), {})
+    exec(compile(readme_block("logging.config.dictConfig("), "docs", "exec"), {})
     logging.getLogger("qrispay.store").debug("not shown: below INFO")
     logging.getLogger("elsewhere").info("not shown: the root stays at WARNING")
     assert lines(capsys.readouterr().err) == [
@@ -107,7 +115,7 @@ def test_the_script_logging_config_shows_qrispay_info_once(
 def test_the_uvicorn_log_config_keeps_uvicorn_and_adds_qrispay(
     capsys: pytest.CaptureFixture[str], logging_restored: None
 ) -> None:
-    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), re.S)
+    blocks = re.findall(r"```json\n(.*?)```", docs_text(), re.S)
     config = [json.loads(b) for b in blocks if '"uvicorn.access"' in b]
     assert len(config) == 1
     logging.config.dictConfig(config[0])
