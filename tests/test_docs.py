@@ -120,3 +120,13 @@ def test_the_sandbox_guide_test_passes_under_pytest(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert " passed" in done.stdout
+
+
+def test_every_qris_sample_in_the_docs_parses() -> None:
+    from qrispay import qris
+
+    text = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+    samples = set(re.findall(r'"(000201[0-9A-Za-z .]{40,})"', text))
+    assert samples, "the docs show no QRIS sample"
+    for sample in samples:
+        assert qris.parse(sample).merchant_name == "TOKO SARI"
