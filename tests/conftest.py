@@ -3,17 +3,32 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 
-from qrispay import _http
+from qrispay import Invoice, InvoiceStatus, _http
 
 if TYPE_CHECKING:
     from qrispay.sandbox import Sandbox
 
 #: A fake credential that every leak test searches for, raw and URL-encoded.
 SECRET = "s3cr3t+K3y/=&Zgekx7"
+
+
+def pending_invoice(invoice_id: str, amount: int, fee: int, now: datetime) -> Invoice:
+    """A pending invoice made elsewhere at ``now``, open for 15 minutes (for ``track``)."""
+    return Invoice(
+        invoice_id=invoice_id,
+        amount=amount,
+        fee=fee,
+        total=amount + fee,
+        status=InvoiceStatus.PENDING,
+        qris_image="",
+        expired_at=now + timedelta(minutes=15),
+        created_at=now,
+    )
 
 
 def sandbox_env(sandbox: Sandbox, url: str) -> dict[str, str]:

@@ -5,18 +5,15 @@ pseudo-terminal, against a loopback port nobody listens on."""
 from __future__ import annotations
 
 import os
-import pty
 import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from .test_cli_spinner import visible
+from .terminal import ROOT, run_on_terminal, visible
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "secret-api-key-value"
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no pseudo-terminals")
@@ -35,30 +32,8 @@ def _balance(*flags: str, terminal: bool) -> tuple[int, str]:
     if not terminal:
         done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         return done.returncode, done.stderr
-    main, other = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=other,
-            stdin=subprocess.DEVNULL,
-        )
-        os.close(other)
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunk = os.read(main, 4096)
-            except OSError:  # the other end closed (Linux says EIO)
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        code = proc.wait(timeout=60)
-    finally:
-        os.close(main)
-    return code, b"".join(chunks).decode().replace("\r\n", "\n")
+    code, _, err = run_on_terminal(argv, env)
+    return code, err.decode().replace("\r\n", "\n")
 
 
 def test_on_a_terminal_each_retry_is_shown_before_the_error() -> None:

@@ -5,21 +5,17 @@ against a sandbox on loopback that answers slowly (a latency fault)."""
 from __future__ import annotations
 
 import os
-import pty
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from qrispay.sandbox import Faults, Sandbox
 
 from .conftest import sandbox_env
-
-ROOT = Path(__file__).resolve().parent.parent
+from .terminal import ROOT, run_on_terminal, visible
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no pseudo-terminals")
 
@@ -39,46 +35,7 @@ def _balance(env: dict[str, str], *flags: str, terminal: bool) -> tuple[int, byt
     if not terminal:
         done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=60)
         return done.returncode, done.stdout, done.stderr
-    main, other = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=other, stdin=subprocess.DEVNULL
-        )
-        os.close(other)
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunk = os.read(main, 4096)
-            except OSError:  # the other end closed (Linux says EIO)
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        assert proc.stdout is not None
-        with proc.stdout:
-            out = proc.stdout.read()
-        code = proc.wait(timeout=60)
-    finally:
-        os.close(main)
-    return code, out, b"".join(chunks)
-
-
-def visible(raw: str) -> str:
-    """What a terminal shows of ``raw``: each ``\\r`` back to the line's start,
-    each erase-line (ESC [ K) blanks the rest of it."""
-    lines: list[str] = []
-    for line in raw.replace("\r\n", "\n").split("\n"):
-        shown, cursor = "", 0
-        for piece in re.split(r"(\r|\x1b\[K)", line):
-            if piece == "\r":
-                cursor = 0
-            elif piece == "\x1b[K":
-                shown = shown[:cursor]
-            else:
-                shown = shown[:cursor] + piece + shown[cursor + len(piece) :]
-                cursor += len(piece)
-        lines.append(shown)
-    return "\n".join(lines)
+    return run_on_terminal(argv, env, capture_stdout=True)
 
 
 def test_a_spinner_while_waiting_then_erased(slow_env: dict[str, str]) -> None:
@@ -110,32 +67,7 @@ def test_no_spinner_on_a_pipe_with_json_or_no_progress(
 
 def test_ctrl_c_stops_the_spinner_and_erases_it(slow_env: dict[str, str]) -> None:
     argv = [sys.executable, "-m", "qrispay", "balance"]
-    main, other = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            env=slow_env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=other,
-            stdin=subprocess.DEVNULL,
-        )
-        os.close(other)
-        chunks: list[bytes] = []
-        while b"GET balance" not in b"".join(chunks):  # the spinner is up
-            chunks.append(os.read(main, 4096))
-        proc.send_signal(signal.SIGINT)
-        while True:
-            try:
-                chunk = os.read(main, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        code = proc.wait(timeout=60)
-    finally:
-        os.close(main)
-    text = b"".join(chunks).decode()
+    # SIGINT once the spinner is up.
+    code, _, err = run_on_terminal(argv, slow_env, interrupt_after=b"GET balance")
     assert code == 130
-    assert [line for line in visible(text).splitlines() if line] == ["qrispay: interrupted"]
+    assert [line for line in visible(err.decode()).splitlines() if line] == ["qrispay: interrupted"]

@@ -34,7 +34,7 @@ from qrispay import (
 )
 from qrispay.sandbox import SANDBOX_URL, ManualClock, Sandbox
 
-from .conftest import SECRET, sandbox_env
+from .conftest import SECRET, pending_invoice, sandbox_env
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ENV_NAMES = (
@@ -247,18 +247,7 @@ async def test_total_conflict_is_409() -> None:
     async with running(app) as client:
         now = sandbox.now()
         for code in (1, 2, 3):
-            app.state.reconciler.track(
-                Invoice(
-                    invoice_id=f"elsewhere-{code}",
-                    amount=10_000,
-                    fee=code,
-                    total=10_000 + code,
-                    status=InvoiceStatus.PENDING,
-                    qris_image="",
-                    expired_at=now + timedelta(minutes=15),
-                    created_at=now,
-                )
-            )
+            app.state.reconciler.track(pending_invoice(f"elsewhere-{code}", 10_000, code, now))
         response = await client.post("/invoices", json={"amount": 10_000})
         assert response.status_code == 409, response.text
         # The three it was handed were cancelled, not left open to be paid.

@@ -5,15 +5,16 @@ any record holds a credential."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import anyio
 import pytest
 
-from qrispay import Invoice, InvoiceStatus, PollPolicy, Reconciler, TotalConflictError
+from qrispay import PollPolicy, Reconciler, TotalConflictError
 from qrispay.sandbox import Sandbox
+
+from .conftest import pending_invoice
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -114,18 +115,7 @@ async def test_a_total_conflict(caplog: pytest.LogCaptureFixture) -> None:
     ):
         now = sandbox.now()
         for code in (1, 2, 3):
-            rec.track(
-                Invoice(
-                    invoice_id=f"elsewhere-{code}",
-                    amount=10_000,
-                    fee=code,
-                    total=10_000 + code,
-                    status=InvoiceStatus.PENDING,
-                    qris_image="",
-                    expired_at=now + timedelta(minutes=15),
-                    created_at=now,
-                )
-            )
+            rec.track(pending_invoice(f"elsewhere-{code}", 10_000, code, now))
         with pytest.raises(TotalConflictError):
             await rec.create_invoice(10_000)
     conflicts = _records(caplog, "taken total")
